@@ -1,0 +1,134 @@
+"""The database: SQLite by default, PostgreSQL in production, chosen by DATABASE_URL.
+
+Service code is written as plain synchronous sqlmodel units of work (`def unit(session) -> T`) and
+`Database.run` executes each one in a transaction on a worker thread, so the asyncio loop never
+blocks on I/O. SQLite allows one writer at a time, so it gets one worker thread and `BEGIN
+IMMEDIATE` (no lock-upgrade deadlocks with other processes); PostgreSQL gets a pool of workers,
+and units that lose a race (unique violation, serialization failure, deadlock) are retried whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import DateTime, Engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Session, create_engine
+
+log = logging.getLogger("alliance.db")
+
+T = TypeVar("T")
+
+# PostgreSQL SQLSTATEs worth a retry: serialization_failure, deadlock_detected.
+_RETRYABLE_PG_STATES = {"40001", "40P01"}
+
+
+def normalize_url(url: str) -> URL:
+    """Accept the URL forms ops write and pick the drivers this project ships."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on both SQLite and PostgreSQL.
+
+    SQLite has no time zones; storing naive UTC everywhere keeps comparisons and ordering right.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's lazy BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _is_retryable(error: DBAPIError) -> bool:
+    if isinstance(error, IntegrityError):
+        return True
+    state = getattr(error.orig, "sqlstate", None)
+    if state in _RETRYABLE_PG_STATES:
+        return True
+    return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 8, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(
+                self.url, echo=echo, connect_args={"check_same_thread": False}, pool_size=1, max_overflow=0
+            )
+            _configure_sqlite(self.engine)
+            workers = 1
+        else:
+            self.engine = create_engine(
+                self.url, echo=echo, pool_size=pool_size, max_overflow=0, pool_pre_ping=True
+            )
+            workers = pool_size
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def run_sync(self, unit: Callable[[Session], T], *, attempts: int = 5) -> T:
+        """Run `unit` in one transaction; commit if it returns, roll back if it raises."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as session, session.begin():
+                    return unit(session)
+            except DBAPIError as error:
+                if attempt == attempts or not _is_retryable(error):
+                    raise
+                log.debug("retrying a unit of work after %s", type(error).__name__)
+                time.sleep(0.001 * attempt)
+        raise AssertionError("unreachable")
+
+    async def run(self, unit: Callable[[Session], T], *, attempts: int = 5) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.run_sync(unit, attempts=attempts))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()

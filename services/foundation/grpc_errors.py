@@ -1,0 +1,78 @@
+"""Maps domain errors to gRPC status codes, so servicers just raise.
+
+Anything unexpected becomes INTERNAL with a reference the operator can find in the log; bad input
+never gets there because servicers validate first and raise `InvalidArgument`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError, ServerInterceptor
+
+from services.foundation.errors import DomainError
+
+log = logging.getLogger("alliance.grpc")
+
+
+class DomainErrorInterceptor(ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def _abort_for(error: Exception, method: str, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(error, DomainError):
+        log.info("rejected", extra={"method": method, "code": error.code.name, "reason": error.message})
+        await context.abort(error.code, error.message)
+    ref = uuid.uuid4().hex[:12]
+    log.exception("unexpected error", extra={"method": method, "ref": ref})
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error, reference {ref} in the service log")
+
+
+def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except AbortError:
+            raise
+        except Exception as error:
+            await _abort_for(error, method, context)
+
+    return call
+
+
+def _wrap_stream(inner: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, context):
+                yield item
+        except AbortError:
+            raise
+        except Exception as error:
+            await _abort_for(error, method, context)
+
+    return call

@@ -1,0 +1,53 @@
+"""Migration steps for the outbox, inbox and parked-event tables every service carries.
+
+Written out (not derived from the models) so an old migration never changes under a deployed
+database; each service's first migration calls `create_messaging_tables()`.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from services.foundation.db import UTCDateTime
+
+
+def create_messaging_tables() -> None:
+    op.create_table(
+        "outbox_event",
+        sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("subject", sa.String(128), nullable=False),
+        sa.Column("event_type", sa.String(128), nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.Column("headers", sa.JSON(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("published_at", UTCDateTime(), nullable=True),
+    )
+    op.create_index("ix_outbox_event_pending", "outbox_event", ["published_at", "seq"])
+    op.create_table(
+        "inbox_event",
+        sa.Column("consumer", sa.String(64), primary_key=True),
+        sa.Column("event_id", sa.String(64), primary_key=True),
+        sa.Column("subject", sa.String(128), nullable=False),
+        sa.Column("processed_at", UTCDateTime(), nullable=False),
+    )
+    op.create_table(
+        "parked_event",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("consumer", sa.String(64), nullable=False, index=True),
+        sa.Column("subject", sa.String(128), nullable=False),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.Column("headers", sa.JSON(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("deliveries", sa.Integer(), nullable=False),
+        sa.Column("parked_at", UTCDateTime(), nullable=False),
+    )
+
+
+def drop_messaging_tables() -> None:
+    op.drop_table("parked_event")
+    op.drop_table("inbox_event")
+    op.drop_index("ix_outbox_event_pending", table_name="outbox_event")
+    op.drop_table("outbox_event")

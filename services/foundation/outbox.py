@@ -1,0 +1,152 @@
+"""Transactional outbox: events are rows committed with the business change, then relayed.
+
+A unit of work calls `add_event(session, subject, message)`; the row commits or rolls back with
+the change it describes, so there is never an event without a change or a change without an event.
+`OutboxRelay` publishes pending rows in order with `Nats-Msg-Id` = event id and marks them: a crash
+between publishing and marking republishes, which JetStream's duplicate window (and every
+consumer's inbox) turns into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timedelta
+
+from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge
+from sqlalchemy import JSON, Column, Index, LargeBinary, delete, update
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from services.foundation.bus import EventBus
+from services.foundation.db import Database, UTCDateTime, utcnow
+from services.foundation.stopping import sleep_or_stop, wait_or_stop
+
+log = logging.getLogger("alliance.outbox")
+
+PUBLISHED = Counter("alliance_outbox_published_total", "events relayed from the outbox to NATS", ["subject"])
+PENDING = Gauge("alliance_outbox_pending", "outbox rows not yet published (last seen by the relay)")
+
+
+class OutboxEvent(SQLModel, table=True):
+    __tablename__ = "outbox_event"
+    __table_args__ = (Index("ix_outbox_event_pending", "published_at", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    subject: str = Field(max_length=128)
+    event_type: str = Field(max_length=128)
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    published_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def add_event(
+    session: Session, subject: str, message: Message, *, headers: dict[str, str] | None = None
+) -> str:
+    """Stage an event in the caller's transaction. Sets `message.event_id` if the message has one."""
+    event_id = getattr(message, "event_id", "") or new_event_id()
+    if hasattr(message, "event_id"):
+        message.event_id = event_id  # type: ignore[attr-defined]
+    session.add(
+        OutboxEvent(
+            event_id=event_id,
+            subject=subject,
+            event_type=message.DESCRIPTOR.full_name,
+            payload=message.SerializeToString(deterministic=True),
+            headers=headers or {},
+        )
+    )
+    return event_id
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        *,
+        batch_size: int = 256,
+        idle_seconds: float = 1.0,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.batch_size = batch_size
+        self.idle_seconds = idle_seconds
+        self.retention = retention
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Called after a commit that added events, so they go out now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await wait_or_stop(self.bus.ready.wait(), stop)
+        purge_every = 0
+        while not stop.is_set():
+            try:
+                published = await self.relay_once()
+                purge_every = (purge_every + 1) % 3600
+                if purge_every == 0:
+                    await self.db.run(self._purge)
+            except Exception as error:
+                log.warning("outbox relay failed, will retry", extra={"error": repr(error)})
+                published = 0
+                await sleep_or_stop(stop, 1.0)
+            if published < self.batch_size:
+                self._wake.clear()
+                await wait_or_stop(asyncio.wait_for(self._wake.wait(), self.idle_seconds), stop)
+        # A last pass on shutdown, so events committed by the final calls are not left waiting.
+        try:
+            if self.bus.ready.is_set():
+                await asyncio.wait_for(self.relay_once(), 5)
+        except Exception as error:
+            log.warning("final outbox flush failed; events stay queued", extra={"error": repr(error)})
+
+    async def relay_once(self) -> int:
+        rows = await self.db.run(self._pending)
+        PENDING.set(len(rows))
+        if not rows:
+            return 0
+        # Publish in order but pipelined: the acks are awaited together.
+        acks = [
+            asyncio.ensure_future(
+                self.bus.publish(
+                    r.subject, r.payload, event_id=r.event_id, event_type=r.event_type, headers=r.headers
+                )
+            )
+            for r in rows
+        ]
+        results = await asyncio.gather(*acks, return_exceptions=True)
+        done = [r.seq for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
+        if done:
+            await self.db.run(lambda s: self._mark(s, done))
+        for row, res in zip(rows, results, strict=True):
+            if isinstance(res, BaseException):
+                raise res
+            PUBLISHED.labels(row.subject).inc()
+        return len(rows)
+
+    def _pending(self, session: Session) -> list[OutboxEvent]:
+        query = (
+            select(OutboxEvent)
+            .where(col(OutboxEvent.published_at).is_(None))
+            .order_by(col(OutboxEvent.seq))
+            .limit(self.batch_size)
+        )
+        return list(session.exec(query))
+
+    @staticmethod
+    def _mark(session: Session, seqs: list[int | None]) -> None:
+        session.exec(update(OutboxEvent).where(col(OutboxEvent.seq).in_(seqs)).values(published_at=utcnow()))
+
+    def _purge(self, session: Session) -> None:
+        cutoff = utcnow() - self.retention
+        session.exec(delete(OutboxEvent).where(col(OutboxEvent.published_at) < cutoff))

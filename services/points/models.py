@@ -1,0 +1,125 @@
+"""Tables of the points service.
+
+The ledger is append-only: `ledger_entry` rows are never updated or deleted, and the balance is
+their sum. `points_account.balance` is a cache of that sum kept in the same transaction as every
+entry (checked by tests under concurrency); `point_lot` tracks what is left of each earn so that
+redemptions spend the oldest-expiring points first and expiry knows what to take away.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from services.foundation.db import UTCDateTime, utcnow
+
+
+class EntryKind:
+    EARN = "earn"
+    REDEEM = "redeem"
+    REVERSE_EARN = "reverse_earn"  # clawback
+    REVERSE_REDEEM = "reverse_redeem"  # refund
+    EXPIRE = "expire"
+
+
+class PointsTransaction(SQLModel, table=True):
+    """One Earn, Redeem, Reverse or expiry; the unit an idempotency key and a reversal refer to."""
+
+    __tablename__ = "points_transaction"
+    __table_args__ = (UniqueConstraint("operation", "idempotency_key", name="uq_points_transaction_key"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    operation: str = Field(max_length=16)  # earn | redeem | reverse | expire
+    idempotency_key: str | None = Field(default=None, max_length=128)
+    request_hash: str = Field(max_length=64)
+    user_id: str = Field(max_length=64, index=True)
+    points: int  # net signed change to the balance
+    reversed_points: int = 0  # of an earn or redeem: how much later reversals took back (magnitude)
+    reference_id: str | None = Field(default=None, max_length=32, index=True)
+    order_id: str | None = Field(default=None, max_length=128)
+    reason: str | None = Field(default=None, max_length=512)
+    response: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # replayed on a repeated key
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LedgerEntry(SQLModel, table=True):
+    __tablename__ = "ledger_entry"
+    __table_args__ = (Index("ix_ledger_entry_user_id_id", "user_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    transaction_id: str = Field(max_length=32, index=True)
+    user_id: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    points: int  # signed
+    event_type: str | None = Field(default=None, max_length=64)
+    source_event: str | None = Field(default=None, max_length=128)
+    campaign_id: str | None = Field(default=None, max_length=64)
+    rule_id: str | None = Field(default=None, max_length=64)
+    rule_version: str | None = Field(default=None, max_length=16)
+    reference_transaction_id: str | None = Field(default=None, max_length=32)
+    description: str | None = Field(default=None, max_length=512)
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PointsAccount(SQLModel, table=True):
+    __tablename__ = "points_account"
+
+    user_id: str = Field(primary_key=True, max_length=64)
+    balance: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PointLot(SQLModel, table=True):
+    """What is left of one earn entry; spent oldest-expiring first."""
+
+    __tablename__ = "point_lot"
+    __table_args__ = (
+        Index("ix_point_lot_user_remaining", "user_id", "remaining"),
+        Index("ix_point_lot_expiry", "expires_at", "remaining"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(max_length=64)
+    transaction_id: str = Field(max_length=32, index=True)
+    campaign_id: str | None = Field(default=None, max_length=64)
+    points: int
+    remaining: int
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LotAllocation(SQLModel, table=True):
+    """Which lots a debit (redemption, clawback) took points from, so a refund can put them back."""
+
+    __tablename__ = "lot_allocation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    transaction_id: str = Field(max_length=32, index=True)
+    lot_id: int = Field(index=True)
+    points: int
+
+
+class CampaignUsage(SQLModel, table=True):
+    """Points a user got from a campaign in a cap window (day, week, campaign)."""
+
+    __tablename__ = "campaign_usage"
+
+    campaign_id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(primary_key=True, max_length=64)
+    window: str = Field(primary_key=True, max_length=16)  # "day:2026-11-23", "week:2026-11-23", "campaign"
+    points: int = 0
+
+
+class CampaignBudget(SQLModel, table=True):
+    """Points a campaign has awarded net of clawbacks, checked against its budget."""
+
+    __tablename__ = "campaign_budget"
+
+    campaign_id: str = Field(primary_key=True, max_length=64)
+    awarded: int = 0
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
