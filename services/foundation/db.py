@@ -103,9 +103,7 @@ class Database:
             _configure_sqlite(self.engine)
             workers = 1
         else:
-            self.engine = create_engine(
-                self.url, echo=echo, pool_size=pool_size, max_overflow=0, pool_pre_ping=True
-            )
+            self.engine = create_engine(self.url, echo=echo, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
             workers = pool_size
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
 

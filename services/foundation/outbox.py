@@ -47,9 +47,7 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def add_event(
-    session: Session, subject: str, message: Message, *, headers: dict[str, str] | None = None
-) -> str:
+def add_event(session: Session, subject: str, message: Message, *, headers: dict[str, str] | None = None) -> str:
     """Stage an event in the caller's transaction. Sets `message.event_id` if the message has one."""
     event_id = getattr(message, "event_id", "") or new_event_id()
     if hasattr(message, "event_id"):
@@ -118,9 +116,7 @@ class OutboxRelay:
         # Publish in order but pipelined: the acks are awaited together.
         acks = [
             asyncio.ensure_future(
-                self.bus.publish(
-                    r.subject, r.payload, event_id=r.event_id, event_type=r.event_type, headers=r.headers
-                )
+                self.bus.publish(r.subject, r.payload, event_id=r.event_id, event_type=r.event_type, headers=r.headers)
             )
             for r in rows
         ]

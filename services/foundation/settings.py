@@ -19,16 +19,12 @@ class ServiceSettings(BaseSettings):
 
     grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds; containers set 0.0.0.0")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="Prometheus /metrics HTTP port on GRPC_HOST (0: off)"
-    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics HTTP port on GRPC_HOST (0: off)")
     database_url: str = Field(
         "sqlite:///var/service.db",
         description="sqlite:///path/file.db (default) or postgresql://user@host:5432/db",
     )
-    nats_url: str = Field(
-        "nats://127.0.0.1:4222", description="NATS server(s) with JetStream, comma-separated"
-    )
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s) with JetStream, comma-separated")
     rules_dir: Path = Field(Path("rules"), description="directory of rule files (a ConfigMap mount works)")
     rules_poll_seconds: float = Field(2.0, gt=0, description="how often rule files are checked for changes")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr")

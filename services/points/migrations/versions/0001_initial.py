@@ -67,9 +67,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("lot_allocation", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_lot_allocation_lot_id"), ["lot_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_lot_allocation_transaction_id"), ["transaction_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_lot_allocation_transaction_id"), ["transaction_id"], unique=False)
 
     op.create_table(
         "point_lot",
@@ -115,9 +113,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("operation", "idempotency_key", name="uq_points_transaction_key"),
     )
     with op.batch_alter_table("points_transaction", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_points_transaction_reference_id"), ["reference_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_points_transaction_reference_id"), ["reference_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_points_transaction_user_id"), ["user_id"], unique=False)
 
 
