@@ -33,7 +33,7 @@ log = logging.getLogger("alliance.inbox")
 CONSUMED = Counter("alliance_events_consumed_total", "events applied", ["consumer", "outcome"])
 
 M = TypeVar("M", bound=Message)
-Unit = Callable[[Session], None]
+Unit = Callable[[Session], object]
 
 
 class InboxEntry(SQLModel, table=True):

@@ -1,0 +1,138 @@
+"""`make bench`: the speed targets, each next to the figure it is measured against in this run.
+
+Layout: nats-server, the service under test and the empty-call baseline server each run in their
+own process; this process is the client (grpc.aio, one channel, N concurrent callers). On a
+2-core machine client and server share the CPU, for the baseline and the service alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from alliance.v1 import points_pb2, points_pb2_grpc
+from bench.load import LoadResult, run_load
+from bench.rules_engine import engine_evaluations_per_second
+from services.foundation.child_service import ServiceProcess
+from services.foundation.nats_server import EmbeddedNats, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def measure_empty(concurrency: int, seconds: float) -> LoadResult:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)  # noqa: ASYNC220
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 15)
+            call = channel.unary_unary("/bench.Empty/Call")
+            return await run_load(lambda i: call(b""), concurrency=concurrency, seconds=seconds)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _earn(i: int, run: str) -> points_pb2.EarnRequest:
+    request = points_pb2.EarnRequest(
+        idempotency_key=f"bench-{run}-{i}",
+        user_id=f"bench-user-{i % 5000}",
+    )
+    request.occurred_at.FromDatetime(datetime.now(UTC))
+    if i % 2:
+        request.event_type = "merchant.spend"
+        request.amount = f"{(i % 500) + 10}.00"
+        request.attributes["merchant_category"] = "supermarket"
+    else:
+        request.event_type = "referral.converted"
+        request.attributes["product"] = ("loan", "credit_card", "mobile_banking")[i % 3]
+    return request
+
+
+async def measure_earn(work: Path, concurrency: int, seconds: float) -> LoadResult:
+    nats = EmbeddedNats(work / "nats")
+    nats.start()
+    service = ServiceProcess(
+        "points",
+        {
+            "DATABASE_URL": f"sqlite:///{work / 'points.db'}",
+            "NATS_URL": nats.url,
+            "RULES_DIR": str(REPO / "rules"),
+            "LOG_LEVEL": "WARNING",
+        },
+        work / "points.log",
+    )
+    service.start()
+    try:
+        await service.wait_serving()
+        run = str(int(time.time()))
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = points_pb2_grpc.PointsStub(channel)
+            return await run_load(lambda i: stub.Earn(_earn(i, run)), concurrency=concurrency, seconds=seconds)
+    finally:
+        service.terminate()
+        nats.stop()
+
+
+def table(rows: list[tuple[str, str, str, str, str, bool]]) -> str:
+    lines = ["| measure | result | measured against (same run) | ratio | target | met |", "|---|---|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, ok in rows]
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="alliance-bench-") as tmp:
+        work = Path(tmp)
+        c = args.concurrency
+        empty = await measure_empty(c, args.seconds)
+        earn = await measure_earn(work, c, args.seconds)
+    engine = engine_evaluations_per_second(rules=50, seconds=min(args.seconds, 5.0))
+    ratio = earn.throughput / empty.throughput
+    rows = [
+        (
+            f"Earn over gRPC, SQLite, concurrency {c}",
+            f"{earn.throughput:,.0f} calls/s",
+            f"empty gRPC call {empty.throughput:,.0f} calls/s",
+            f"{ratio:.2f}",
+            ">= 0.40",
+            ratio >= 0.40,
+        ),
+        (
+            f"Earn p99 latency, concurrency {c}",
+            f"{earn.percentile(99):.1f} ms (p50 {earn.p50:.1f})",
+            f"empty call p99 {empty.percentile(99):.1f} ms",
+            f"{earn.percentile(99) / empty.percentile(99):.1f}x",
+            "<= 50 ms",
+            earn.percentile(99) <= 50,
+        ),
+        (
+            "rules engine alone, 50-rule campaign",
+            f"{engine:,.0f} evaluations/s",
+            "target 10,000/s",
+            f"{engine / 10_000:.2f}",
+            ">= 10,000/s",
+            engine >= 10_000,
+        ),
+    ]
+    errors = f"errors: Earn {earn.errors}, empty {empty.errors}"
+    text = table(rows)
+    print(text)
+    print(errors)
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text(f"{datetime.now(UTC).isoformat(timespec='seconds')}\n\n{text}\n\n{errors}\n")
+    return 0 if all(r[-1] for r in rows) and not earn.errors else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    sys.exit(asyncio.run(main(parser.parse_args())))

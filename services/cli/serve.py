@@ -1,0 +1,30 @@
+"""`alliance serve NAME`: run one service until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from services.cli.services_registry import SERVICES
+from services.foundation.logs import configure_logging
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = commands.add_parser("serve", help="run one service", description="Run one service in the foreground.")
+    names = serve.add_subparsers(dest="service", metavar="SERVICE", required=True)
+    for entry in SERVICES.values():
+        sub = names.add_parser(
+            entry.name,
+            help=f"the {entry.name} service",
+            description=f"Run the {entry.name} service. Every option can also be set by the environment "
+            "variable named in its help; options win over the environment.",
+        )
+        entry.settings.add_arguments(sub)
+        sub.set_defaults(func=run, entry=entry)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = args.entry.settings.from_args(args)
+    configure_logging(args.entry.name, settings.log_level)
+    asyncio.run(args.entry.make_host(settings).serve_until_stopped())
+    return 0

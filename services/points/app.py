@@ -1,0 +1,60 @@
+"""Assembles the points service: campaigns from rule files, the gRPC API, event loops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alliance.v1 import points_pb2, points_pb2_grpc, referral_events_pb2
+from services.foundation.host import Runtime, ServiceHost, ServiceParts
+from services.foundation.inbox import EventConsumer
+from services.foundation.outbox import OutboxRelay
+from services.foundation.rules.directory import RuleDirectory
+from services.points import referral_events
+from services.points.campaigns.book import CampaignBook
+from services.points.campaigns.loader import load_campaign
+from services.points.expiry import ExpirySweeper
+from services.points.grpc_api import PointsServicer
+from services.points.settings import PointsSettings
+
+NAME = "points"
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAMES = [points_pb2.DESCRIPTOR.services_by_name["Points"].full_name]
+
+
+async def build(rt: Runtime) -> ServiceParts:
+    settings = rt.settings
+    assert isinstance(settings, PointsSettings)
+    book = CampaignBook()
+    campaigns = RuleDirectory(
+        Path(settings.rules_dir) / "campaigns", parse=load_campaign, on_change=book.replace, name="campaigns"
+    )
+    campaigns.poll()
+    relay = OutboxRelay(rt.db, rt.bus)
+    servicer = PointsServicer(rt.db, book, relay.notify)
+    referrals = EventConsumer(
+        db=rt.db,
+        bus=rt.bus,
+        name="points-referral-converted",
+        subject=referral_events.SUBJECT,
+        message_type=referral_events_pb2.ReferralConverted,
+        handler=referral_events.handler(book),
+        on_applied=relay.notify,
+    )
+    sweeper = ExpirySweeper(rt.db, settings.expiry_sweep_seconds, relay.notify)
+
+    async def watch_rules(stop):  # type: ignore[no-untyped-def]
+        await campaigns.watch(settings.rules_poll_seconds, stop)
+
+    async def create_stream() -> None:
+        await rt.bus.ensure_stream(NAME)
+
+    return ServiceParts(
+        register=[lambda server: points_pb2_grpc.add_PointsServicer_to_server(servicer, server)],
+        service_names=SERVICE_NAMES,
+        background=[relay.run, referrals.run, sweeper.run, watch_rules],
+        on_bus_ready=[create_stream],
+    )
+
+
+def host(settings: PointsSettings) -> ServiceHost:
+    return ServiceHost(NAME, settings, build, migrations_dir=MIGRATIONS)

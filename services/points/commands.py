@@ -1,0 +1,146 @@
+"""Validated commands: what the gRPC layer and the event consumers hand to the ledger.
+
+Validation lives here, once, so a bad request is refused with the field and the problem before
+anything is written, whichever door it came in by.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.foundation.errors import InvalidArgument
+
+MAX_KEY = 128
+MAX_ID = 64
+MAX_POINTS = 10**12
+# Events stamped this far ahead of the server clock are refused: a future time could reach a
+# campaign that has not started yet.
+CLOCK_SKEW = timedelta(minutes=5)
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+_ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_ATTRIBUTES = {"event", "amount"}
+
+
+@dataclass(frozen=True)
+class EarnCommand:
+    idempotency_key: str
+    user_id: str
+    event_type: str
+    occurred_at: datetime
+    amount: Decimal | None
+    attributes: Mapping[str, str]
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class RedeemCommand:
+    idempotency_key: str
+    user_id: str
+    points: int
+    order_id: str
+    description: str
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class ReverseCommand:
+    idempotency_key: str
+    transaction_id: str
+    points: int
+    reason: str
+    allow_partial: bool
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    user_id: str
+    page_size: int
+    before_id: int | None = field(default=None)
+
+
+def request_hash(message: Message) -> str:
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+
+
+def required_text(value: str, name: str, max_len: int = MAX_ID) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(name, "is required")
+    if len(value) > max_len:
+        raise InvalidArgument(name, f"is longer than {max_len} characters")
+    if not value.isprintable():
+        raise InvalidArgument(name, "contains control characters")
+    return value
+
+
+def timestamp(value: Timestamp, name: str, *, present: bool, now: datetime) -> datetime:
+    if not present:
+        raise InvalidArgument(name, "is required")
+    if value.nanos < 0 or value.nanos > 999_999_999:
+        raise InvalidArgument(name, "has nanos out of range")
+    try:
+        when = value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgument(name, f"is not a valid time ({error})") from error
+    if when.year < 2000:
+        raise InvalidArgument(name, "is before the year 2000")
+    if when > now + CLOCK_SKEW:
+        raise InvalidArgument(name, f"is in the future ({when.isoformat()} > server time {now.isoformat()})")
+    return when
+
+
+def amount(value: str, name: str = "amount") -> Decimal | None:
+    if not value.strip():
+        return None
+    try:
+        parsed = Decimal(value.strip())
+    except InvalidOperation as error:
+        raise InvalidArgument(name, f"{value!r} is not a decimal number") from error
+    if not parsed.is_finite():
+        raise InvalidArgument(name, "must be a finite number")
+    if parsed < 0:
+        raise InvalidArgument(name, "must not be negative")
+    if parsed > MAX_POINTS:
+        raise InvalidArgument(name, f"must be at most {MAX_POINTS}")
+    if parsed.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise InvalidArgument(name, "has more than 2 decimal places")
+    return parsed
+
+
+def attributes(values: Mapping[str, str]) -> dict[str, str]:
+    if len(values) > 32:
+        raise InvalidArgument("attributes", "has more than 32 entries")
+    checked = {}
+    for key, value in values.items():
+        if not _ATTRIBUTE.match(key) or len(key) > MAX_ID:
+            raise InvalidArgument(f"attributes[{key}]", "name must be lower_snake_case, at most 64 characters")
+        if key in RESERVED_ATTRIBUTES:
+            raise InvalidArgument(f"attributes[{key}]", "is reserved; use the event_type and amount fields")
+        if len(value) > 256:
+            raise InvalidArgument(f"attributes[{key}]", "is longer than 256 characters")
+        checked[key] = value
+    return checked
+
+
+def event_type(value: str) -> str:
+    value = required_text(value, "event_type")
+    if not _EVENT_TYPE.match(value):
+        raise InvalidArgument("event_type", f"{value!r} must look like 'merchant.spend' (lowercase, dots)")
+    return value
+
+
+def positive_points(value: int, name: str = "points") -> int:
+    if value <= 0:
+        raise InvalidArgument(name, "must be greater than 0")
+    if value > MAX_POINTS:
+        raise InvalidArgument(name, f"must be at most {MAX_POINTS}")
+    return value

@@ -1,0 +1,129 @@
+"""The gRPC face of the points service: validate, evaluate the campaigns, run a ledger unit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+
+import grpc
+
+from alliance.v1 import points_pb2 as api
+from alliance.v1 import points_pb2_grpc
+from services.foundation.db import Database, utcnow
+from services.foundation.errors import InvalidArgument
+from services.points import commands, ledger
+from services.points.campaigns.book import CampaignBook, EarnEvent
+from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+def earn_command(request: api.EarnRequest) -> EarnCommand:
+    return EarnCommand(
+        idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
+        user_id=commands.required_text(request.user_id, "user_id"),
+        event_type=commands.event_type(request.event_type),
+        occurred_at=commands.timestamp(
+            request.occurred_at, "occurred_at", present=request.HasField("occurred_at"), now=utcnow()
+        ),
+        amount=commands.amount(request.amount),
+        attributes=commands.attributes(request.attributes),
+        request_hash=commands.request_hash(request),
+    )
+
+
+def evaluate(book: CampaignBook, cmd: EarnCommand) -> list:  # type: ignore[type-arg]
+    event = EarnEvent(cmd.event_type, cmd.occurred_at, cmd.amount, cmd.attributes)
+    return list(book.evaluate(event).candidates)
+
+
+class PointsServicer(points_pb2_grpc.PointsServicer):
+    def __init__(self, db: Database, book: CampaignBook, on_commit: Callable[[], None]) -> None:
+        self.db = db
+        self.book = book
+        self.on_commit = on_commit  # wakes the outbox relay
+
+    async def Earn(self, request: api.EarnRequest, context: grpc.aio.ServicerContext) -> api.EarnResponse:
+        cmd = earn_command(request)
+        candidates = evaluate(self.book, cmd)
+        response = await self.db.run(lambda s: ledger.earn(s, cmd, candidates))
+        if response.points and not response.replayed:
+            self.on_commit()
+        return response
+
+    async def Redeem(self, request: api.RedeemRequest, context: grpc.aio.ServicerContext) -> api.RedeemResponse:
+        cmd = RedeemCommand(
+            idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
+            user_id=commands.required_text(request.user_id, "user_id"),
+            points=commands.positive_points(request.points),
+            order_id=commands.required_text(request.order_id, "order_id", 128),
+            description=request.description.strip()[:512],
+            request_hash=commands.request_hash(request),
+        )
+        response = await self.db.run(lambda s: ledger.redeem(s, cmd))
+        if not response.replayed:
+            self.on_commit()
+        return response
+
+    async def Reverse(self, request: api.ReverseRequest, context: grpc.aio.ServicerContext) -> api.ReverseResponse:
+        if request.points < 0:
+            raise InvalidArgument("points", "must not be negative (0 reverses everything left)")
+        cmd = ReverseCommand(
+            idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
+            transaction_id=commands.required_text(request.transaction_id, "transaction_id", 32),
+            points=request.points,
+            reason=commands.required_text(request.reason, "reason", 512),
+            allow_partial=request.allow_partial,
+            request_hash=commands.request_hash(request),
+        )
+        response = await self.db.run(lambda s: ledger.reverse(s, cmd))
+        if not response.replayed:
+            self.on_commit()
+        return response
+
+    async def GetBalance(self, request: api.GetBalanceRequest, context: grpc.aio.ServicerContext) -> api.Balance:
+        user_id = commands.required_text(request.user_id, "user_id")
+        now = utcnow()
+        return await self.db.run(lambda s: ledger.balance(s, user_id, now))
+
+    async def ListLedger(
+        self, request: api.ListLedgerRequest, context: grpc.aio.ServicerContext
+    ) -> api.ListLedgerResponse:
+        page = LedgerPage(
+            user_id=commands.required_text(request.user_id, "user_id"),
+            page_size=_page_size(request.page_size),
+            before_id=_decode_token(request.page_token),
+        )
+        result = await self.db.run(lambda s: ledger.list_entries(s, page))
+        return api.ListLedgerResponse(
+            entries=[ledger.entry_to_api(e) for e in result.entries],
+            next_page_token=_encode_token(result.next_before_id),
+        )
+
+
+def _page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    if value > MAX_PAGE:
+        raise InvalidArgument("page_size", f"must be at most {MAX_PAGE}")
+    return value or DEFAULT_PAGE
+
+
+def _encode_token(before_id: int | None) -> str:
+    if before_id is None:
+        return ""
+    return base64.urlsafe_b64encode(f"v1:{before_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        version, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if version != "v1":
+            raise ValueError(version)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
+        raise InvalidArgument("page_token", "is not a token this service gave out") from error

@@ -1,0 +1,54 @@
+"""referral.v1.converted → an Earn of event type "referral.converted" for the referrer.
+
+The idempotency key is derived from the event id, so the award is the same whether the event is
+redelivered or the referral service also calls Earn for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC
+
+from alliance.v1 import referral_events_pb2
+from services.foundation.db import utcnow
+from services.foundation.errors import InvalidArgument
+from services.foundation.inbox import Delivery, PermanentEventError, Unit
+from services.points import commands, ledger
+from services.points.campaigns.book import CampaignBook
+from services.points.commands import EarnCommand
+from services.points.grpc_api import evaluate
+
+SUBJECT = "referral.v1.converted"
+EVENT_TYPE = "referral.converted"
+
+
+def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) -> EarnCommand:
+    try:
+        extra = commands.attributes(event.attributes)
+        return EarnCommand(
+            idempotency_key=f"{SUBJECT}:{event_id}",
+            user_id=commands.required_text(event.referrer_id, "referrer_id"),
+            event_type=EVENT_TYPE,
+            occurred_at=commands.timestamp(
+                event.occurred_at, "occurred_at", present=event.HasField("occurred_at"), now=utcnow()
+            ).astimezone(UTC),
+            amount=None,
+            attributes={
+                **extra,
+                "product": commands.required_text(event.product, "product"),
+                "level": str(event.level or 1),
+                "referred_id": event.referred_id,
+            },
+            request_hash=hashlib.sha256(event.SerializeToString(deterministic=True)).hexdigest(),
+        )
+    except InvalidArgument as error:
+        raise PermanentEventError(str(error)) from error
+
+
+def handler(book: CampaignBook):  # type: ignore[no-untyped-def]
+    async def on_converted(delivery: Delivery[referral_events_pb2.ReferralConverted]) -> Unit:
+        cmd = earn_command(delivery.event, delivery.event_id)
+        candidates = evaluate(book, cmd)
+        return lambda session: ledger.earn(session, cmd, candidates)
+
+    return on_converted

@@ -1,0 +1,83 @@
+"""Request validation: every bad field is named with its problem."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from alliance.v1 import points_pb2 as api
+from services.foundation.errors import InvalidArgument
+from services.points import commands
+from services.points.grpc_api import _decode_token, _encode_token, _page_size, earn_command
+
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def good_earn(**changes: object) -> api.EarnRequest:
+    request = api.EarnRequest(idempotency_key="k", user_id="u1", event_type="merchant.spend", amount="12.50")
+    request.occurred_at.FromDatetime(datetime.now(UTC))
+    for key, value in changes.items():
+        setattr(request, key, value)
+    return request
+
+
+def test_a_good_earn_passes() -> None:
+    cmd = earn_command(good_earn())
+    assert cmd.amount is not None and str(cmd.amount) == "12.50" and cmd.event_type == "merchant.spend"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "problem"),
+    [
+        ({"idempotency_key": ""}, "idempotency_key", "is required"),
+        ({"idempotency_key": "x" * 129}, "idempotency_key", "longer than 128"),
+        ({"user_id": "  "}, "user_id", "is required"),
+        ({"event_type": "Merchant Spend"}, "event_type", "must look like"),
+        ({"amount": "-1"}, "amount", "must not be negative"),
+        ({"amount": "abc"}, "amount", "not a decimal"),
+        ({"amount": "NaN"}, "amount", "finite"),
+        ({"amount": "1.234"}, "amount", "2 decimal places"),
+    ],
+)
+def test_bad_earn_fields_are_named(changes: dict[str, object], field: str, problem: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        earn_command(good_earn(**changes))
+    assert caught.value.field == field and problem in caught.value.problem
+
+
+def test_missing_and_future_times_are_refused() -> None:
+    request = good_earn()
+    request.ClearField("occurred_at")
+    with pytest.raises(InvalidArgument, match="occurred_at: is required"):
+        earn_command(request)
+    future = good_earn()
+    future.occurred_at.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(InvalidArgument, match="occurred_at: is in the future"):
+        earn_command(future)
+
+
+def test_reserved_and_malformed_attributes() -> None:
+    with pytest.raises(InvalidArgument, match=r"attributes\[amount\]: is reserved"):
+        commands.attributes({"amount": "5"})
+    with pytest.raises(InvalidArgument, match=r"attributes\[Bad-Key\]"):
+        commands.attributes({"Bad-Key": "x"})
+
+
+def test_page_tokens_round_trip_and_garbage_is_refused() -> None:
+    assert _decode_token(_encode_token(42)) == 42
+    assert _encode_token(None) == "" and _decode_token("") is None
+    with pytest.raises(InvalidArgument, match="page_token"):
+        _decode_token("not-a-token")
+    with pytest.raises(InvalidArgument, match="page_size: must be at most 500"):
+        _page_size(501)
+    assert _page_size(0) == 50
+
+
+def test_same_request_same_hash_and_any_change_differs() -> None:
+    a = good_earn()
+    b = api.EarnRequest()
+    b.CopyFrom(a)
+    assert commands.request_hash(a) == commands.request_hash(b)
+    b.amount = "12.51"
+    assert commands.request_hash(a) != commands.request_hash(b)
