@@ -27,17 +27,30 @@ from services.foundation.nats_server import EmbeddedNats, free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def measure_empty(concurrency: int, seconds: float) -> LoadResult:
+def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
+    """Separate connections, as separate client systems would have: SO_REUSEPORT spreads
+    connections (not calls) over the server's workers."""
+    return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+
+
+async def measure_empty(concurrency: int, seconds: float, workers: int, channels: int) -> LoadResult:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)  # noqa: ASYNC220
+    servers = [
+        subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)  # noqa: ASYNC220
+        for _ in range(workers)
+    ]
+    chans = open_channels(f"127.0.0.1:{port}", channels)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for channel in chans:
             await asyncio.wait_for(channel.channel_ready(), 15)
-            call = channel.unary_unary("/bench.Empty/Call")
-            return await run_load(lambda i: call(b""), concurrency=concurrency, seconds=seconds)
+        calls = [channel.unary_unary("/bench.Empty/Call") for channel in chans]
+        return await run_load(lambda i: calls[i % channels](b""), concurrency=concurrency, seconds=seconds)
     finally:
-        server.terminate()
-        server.wait(10)
+        for channel in chans:
+            await channel.close()
+        for server in servers:
+            server.terminate()
+            server.wait(10)
 
 
 def _earn(i: int, run: str) -> points_pb2.EarnRequest:
@@ -56,7 +69,7 @@ def _earn(i: int, run: str) -> points_pb2.EarnRequest:
     return request
 
 
-async def measure_earn(work: Path, concurrency: int, seconds: float) -> LoadResult:
+async def measure_earn(work: Path, concurrency: int, seconds: float, workers: int, channels: int) -> LoadResult:
     nats = EmbeddedNats(work / "nats")
     nats.start()
     service = ServiceProcess(
@@ -73,9 +86,15 @@ async def measure_earn(work: Path, concurrency: int, seconds: float) -> LoadResu
     try:
         await service.wait_serving()
         run = str(int(time.time()))
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            stub = points_pb2_grpc.PointsStub(channel)
-            return await run_load(lambda i: stub.Earn(_earn(i, run)), concurrency=concurrency, seconds=seconds)
+        chans = open_channels(service.address, channels)
+        try:
+            stubs = [points_pb2_grpc.PointsStub(channel) for channel in chans]
+            return await run_load(
+                lambda i: stubs[i % channels].Earn(_earn(i, run)), concurrency=concurrency, seconds=seconds
+            )
+        finally:
+            for channel in chans:
+                await channel.close()
     finally:
         service.terminate()
         nats.stop()
@@ -91,8 +110,8 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="alliance-bench-") as tmp:
         work = Path(tmp)
         c = args.concurrency
-        empty = await measure_empty(c, args.seconds)
-        earn = await measure_earn(work, c, args.seconds)
+        empty = await measure_empty(c, args.seconds, args.workers, args.channels)
+        earn = await measure_earn(work, c, args.seconds, args.workers, args.channels)
     engine = engine_evaluations_per_second(rules=50, seconds=min(args.seconds, 5.0))
     ratio = earn.throughput / empty.throughput
     rows = [
@@ -135,4 +154,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2, help="server processes, for the baseline and the service")
+    parser.add_argument("--channels", type=int, default=4, help="client connections, calls spread over them")
     sys.exit(asyncio.run(main(parser.parse_args())))

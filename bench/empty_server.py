@@ -17,7 +17,7 @@ async def _empty(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 
 async def serve(port: int) -> None:
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])  # several workers share the port
     handler = grpc.unary_unary_rpc_method_handler(_empty)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Empty", {"Call": handler})])
     server.add_insecure_port(f"127.0.0.1:{port}")

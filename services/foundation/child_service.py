@@ -20,7 +20,7 @@ class ServiceProcess:
     def __init__(self, service: str, env: dict[str, str], log_path: Path) -> None:
         self.service = service
         self.port = free_port()
-        self.env = {**os.environ, **env, "GRPC_PORT": str(self.port), "METRICS_PORT": "0"}
+        self.env = {**os.environ, "METRICS_PORT": "0", **env, "GRPC_PORT": str(self.port)}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -85,7 +85,9 @@ class ServiceHost:
         server = grpc.aio.server(
             interceptors=[DomainErrorInterceptor()],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-            options=[("grpc.so_reuseport", 0)],
+            # Several workers share the port only when asked to; otherwise a second server on the
+            # same port is an error, not a silent split of the traffic.
+            options=[("grpc.so_reuseport", 1 if s.reuse_port else 0)],
         )
         for register in parts.register:
             register(server)

@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge
-from sqlalchemy import JSON, Column, Index, LargeBinary, delete, update
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlalchemy import JSON, Column, Index, LargeBinary, Row, delete, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Field, Session, SQLModel, col
 
 from services.foundation.bus import EventBus
 from services.foundation.db import Database, UTCDateTime, utcnow
@@ -47,21 +48,27 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def add_event(session: Session, subject: str, message: Message, *, headers: dict[str, str] | None = None) -> str:
-    """Stage an event in the caller's transaction. Sets `message.event_id` if the message has one."""
+def event_row(subject: str, message: Message, *, headers: dict[str, str] | None = None) -> dict[str, object]:
+    """The outbox row of an event, for bulk inserts. Sets `message.event_id` if the message has one."""
     event_id = getattr(message, "event_id", "") or new_event_id()
     if hasattr(message, "event_id"):
         message.event_id = event_id  # type: ignore[attr-defined]
-    session.add(
-        OutboxEvent(
-            event_id=event_id,
-            subject=subject,
-            event_type=message.DESCRIPTOR.full_name,
-            payload=message.SerializeToString(deterministic=True),
-            headers=headers or {},
-        )
-    )
-    return event_id
+    return {
+        "event_id": event_id,
+        "subject": subject,
+        "event_type": message.DESCRIPTOR.full_name,
+        "payload": message.SerializeToString(deterministic=True),
+        "headers": headers or {},
+        "created_at": utcnow(),
+        "published_at": None,
+    }
+
+
+def add_event(session: Session, subject: str, message: Message, *, headers: dict[str, str] | None = None) -> str:
+    """Stage an event in the caller's transaction; returns its event id."""
+    row = event_row(subject, message, headers=headers)
+    session.add(OutboxEvent(**row))
+    return str(row["event_id"])
 
 
 class OutboxRelay:
@@ -130,14 +137,18 @@ class OutboxRelay:
             PUBLISHED.labels(row.subject).inc()
         return len(rows)
 
-    def _pending(self, session: Session) -> list[OutboxEvent]:
+    def _pending(self, session: Session) -> list[Row]:  # type: ignore[type-arg]
+        # Plain rows, not ORM objects: the relay reads every event once, at Earn's pace.
+        table = OutboxEvent.__table__  # type: ignore[attr-defined]
         query = (
-            select(OutboxEvent)
-            .where(col(OutboxEvent.published_at).is_(None))
-            .order_by(col(OutboxEvent.seq))
+            sa_select(
+                table.c.seq, table.c.event_id, table.c.subject, table.c.event_type, table.c.payload, table.c.headers
+            )
+            .where(table.c.published_at.is_(None))
+            .order_by(table.c.seq)
             .limit(self.batch_size)
         )
-        return list(session.exec(query))
+        return list(session.connection().execute(query))
 
     @staticmethod
     def _mark(session: Session, seqs: list[int | None]) -> None:

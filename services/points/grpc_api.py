@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from alliance.v1 import points_pb2 as api
 from alliance.v1 import points_pb2_grpc
+from services.foundation.batching import MicroBatcher
 from services.foundation.db import Database, utcnow
-from services.foundation.errors import InvalidArgument
+from services.foundation.errors import DomainError, InvalidArgument
 from services.points import commands, ledger
 from services.points.campaigns.book import CampaignBook, EarnEvent
 from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
+from services.points.earn_batch import EarnItem, earn_many
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -44,14 +46,17 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
         self.db = db
         self.book = book
         self.on_commit = on_commit  # wakes the outbox relay
+        self.earns: MicroBatcher[EarnItem, api.EarnResponse] = MicroBatcher(self._earn_batch, name="earn")
+
+    async def _earn_batch(self, items: Sequence[EarnItem]) -> Sequence[api.EarnResponse | DomainError]:
+        results = await self.db.run(lambda s: earn_many(s, items))
+        if any(isinstance(r, api.EarnResponse) and r.points and not r.replayed for r in results):
+            self.on_commit()
+        return results
 
     async def Earn(self, request: api.EarnRequest, context: grpc.aio.ServicerContext) -> api.EarnResponse:
         cmd = earn_command(request)
-        candidates = evaluate(self.book, cmd)
-        response = await self.db.run(lambda s: ledger.earn(s, cmd, candidates))
-        if response.points and not response.replayed:
-            self.on_commit()
-        return response
+        return await self.earns.submit(EarnItem(cmd, evaluate(self.book, cmd)))
 
     async def Redeem(self, request: api.RedeemRequest, context: grpc.aio.ServicerContext) -> api.RedeemResponse:
         cmd = RedeemCommand(

@@ -11,28 +11,25 @@ idempotency key returns exactly the first answer.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from alliance.v1 import points_events_pb2 as events
 from alliance.v1 import points_pb2 as api
 from services.foundation.db import utcnow
-from services.foundation.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.foundation.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
 from services.foundation.outbox import add_event
 from services.points.campaigns.book import Candidate
 from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
-from services.points.limits import cap_windows, limit
+from services.points.earn_batch import EarnItem, earn_many
 from services.points.models import (
     CampaignBudget,
-    CampaignUsage,
     EntryKind,
     LedgerEntry,
     LotAllocation,
@@ -40,10 +37,10 @@ from services.points.models import (
     PointsAccount,
     PointsTransaction,
 )
+from services.points.stamps import new_id, ts
 
 R = TypeVar("R", bound=Message)
 
-SUBJECT_AWARDED = "points.v1.awarded"
 SUBJECT_REDEEMED = "points.v1.redeemed"
 SUBJECT_REVERSED = "points.v1.reversed"
 SUBJECT_EXPIRED = "points.v1.expired"
@@ -56,18 +53,6 @@ _KIND_TO_API = {
     EntryKind.REVERSE_REDEEM: api.ENTRY_KIND_REVERSE_REDEEM,
     EntryKind.EXPIRE: api.ENTRY_KIND_EXPIRE,
 }
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def ts(when: datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 # -- shared steps --------------------------------------------------------------------------------
@@ -190,120 +175,12 @@ def _expire_due_for(session: Session, account: PointsAccount, now: datetime) -> 
 # -- earn ----------------------------------------------------------------------------------------
 
 
-def _usage(session: Session, campaign_id: str, user_id: str, window: str) -> CampaignUsage:
-    usage = session.get(CampaignUsage, (campaign_id, user_id, window))
-    if usage is None:
-        usage = CampaignUsage(campaign_id=campaign_id, user_id=user_id, window=window, points=0)
-    return usage
-
-
-def _budget(session: Session, campaign_id: str) -> CampaignBudget:
-    budget = session.get(CampaignBudget, campaign_id, with_for_update=True)
-    if budget is None:
-        budget = CampaignBudget(campaign_id=campaign_id, awarded=0)
-        session.add(budget)
-        session.flush()
-    return budget
-
-
 def earn(session: Session, cmd: EarnCommand, candidates: Sequence[Candidate]) -> api.EarnResponse:
-    previous = _existing(session, "earn", cmd.idempotency_key)
-    if previous is not None:
-        return _replay(previous, cmd.request_hash, api.EarnResponse)
-    now = utcnow()
-    account = _lock_account(session, cmd.user_id)
-    txn_id = new_id()
-    response = api.EarnResponse(transaction_id=txn_id)
-    for candidate in candidates:
-        campaign = candidate.campaign
-        windows = cap_windows(campaign, cmd.occurred_at)
-        usages = {w.key: _usage(session, campaign.id, cmd.user_id, w.key) for w in windows}
-        budget = None
-        budget_left = None
-        if campaign.points is not None and campaign.points.budget is not None:
-            budget = _budget(session, campaign.id)
-            budget_left = campaign.points.budget - budget.awarded
-        allowed = limit(candidate.points, {k: u.points for k, u in usages.items()}, windows, budget_left)
-        if allowed.points <= 0:
-            response.notices.append(f"{campaign.id}/{candidate.rule_id}: {allowed.limited_by}, nothing awarded")
-            continue
-        for usage in usages.values():
-            usage.points += allowed.points
-            session.add(usage)
-        if budget is not None:
-            budget.awarded += allowed.points
-            budget.updated_at = now
-            session.add(budget)
-        session.add(
-            LedgerEntry(
-                transaction_id=txn_id,
-                user_id=cmd.user_id,
-                kind=EntryKind.EARN,
-                points=allowed.points,
-                event_type=cmd.event_type,
-                source_event=cmd.idempotency_key,
-                campaign_id=campaign.id,
-                rule_id=candidate.rule_id,
-                rule_version=candidate.campaign_version,
-                occurred_at=cmd.occurred_at,
-            )
-        )
-        session.add(
-            PointLot(
-                user_id=cmd.user_id,
-                transaction_id=txn_id,
-                campaign_id=campaign.id,
-                points=allowed.points,
-                remaining=allowed.points,
-                expires_at=candidate.expires_at,
-            )
-        )
-        response.awards.append(
-            api.Award(
-                campaign_id=campaign.id,
-                rule_id=candidate.rule_id,
-                rule_version=candidate.campaign_version,
-                points=allowed.points,
-                expires_at=ts(candidate.expires_at),
-                limited_by=allowed.limited_by,
-            )
-        )
-        if allowed.limited_by:
-            response.notices.append(f"{campaign.id}/{candidate.rule_id}: {allowed.limited_by}")
-    response.points = sum(a.points for a in response.awards)
-    if response.points:
-        account.balance += response.points
-        account.updated_at = now
-        session.add(account)
-    response.balance = account.balance
-    session.add(
-        PointsTransaction(
-            id=txn_id,
-            operation="earn",
-            idempotency_key=cmd.idempotency_key,
-            request_hash=cmd.request_hash,
-            user_id=cmd.user_id,
-            points=response.points,
-            response=response.SerializeToString(),
-            occurred_at=cmd.occurred_at,
-        )
-    )
-    if response.points:
-        add_event(
-            session,
-            SUBJECT_AWARDED,
-            events.PointsAwarded(
-                transaction_id=txn_id,
-                user_id=cmd.user_id,
-                source_event=cmd.idempotency_key,
-                event_type=cmd.event_type,
-                awards=response.awards,
-                points=response.points,
-                balance=account.balance,
-                occurred_at=ts(cmd.occurred_at),
-            ),
-        )
-    return response
+    """One earn; the batched path (`earn_batch.earn_many`) is the only implementation."""
+    [result] = earn_many(session, [EarnItem(cmd, candidates)])
+    if isinstance(result, DomainError):
+        raise result
+    return result
 
 
 # -- redeem --------------------------------------------------------------------------------------

@@ -37,6 +37,24 @@ logger = logging.getLogger("alliance.rules")
 class _Entry:
     campaign: Campaign
     compiled: CompiledRuleset | None  # None: the campaign has no points section
+    # The event types its rules can match; None when some rule does not pin the type. Lets an
+    # evaluation skip the engine for campaigns that cannot fire (most campaigns, most events).
+    event_types: frozenset[str] | None = None
+
+
+def event_types_of(campaign: Campaign) -> frozenset[str] | None:
+    if campaign.points is None:
+        return frozenset()
+    types: set[str] = set()
+    for rule in campaign.points.rules:
+        condition = rule.when.get("event")
+        if isinstance(condition, str):
+            types.add(condition)
+        elif isinstance(condition, Mapping) and set(condition) == {"in"}:
+            types.update(str(value) for value in condition["in"])
+        else:
+            return None
+    return frozenset(types)
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,7 @@ class CampaignBook:
         rejected: dict[str, RuleFileError],
     ) -> _Entry | None:
         if previous is not None and previous.campaign.version == campaign.version:
-            return _Entry(campaign, previous.compiled)
+            return _Entry(campaign, previous.compiled, previous.event_types)
         try:
             compiled = compile_campaign(self._matcher, campaign)
         except RuleFileError as error:
@@ -118,7 +136,7 @@ class CampaignBook:
             return None
         if compiled is not None:
             created.append(compiled)
-        return _Entry(campaign, compiled)
+        return _Entry(campaign, compiled, event_types_of(campaign))
 
     @staticmethod
     def _keep_previous(rejected: Mapping[str, RuleFileError], old: _Snapshot, entries: dict[str, _Entry]) -> None:
@@ -167,6 +185,8 @@ class CampaignBook:
         for entry in snapshot.ordered:
             campaign = entry.campaign
             if entry.compiled is None or campaign.points is None or not campaign.is_active(event.occurred_at):
+                continue
+            if entry.event_types is not None and event.event_type not in entry.event_types:
                 continue
             rule_ids = self._matcher.match(entry.compiled, fact)
             if rule_ids:

@@ -231,3 +231,25 @@ def test_evaluation_racing_a_reload_uses_the_new_rules(book: CampaignBook) -> No
     book._evaluate = evaluate_then_swap  # type: ignore[method-assign]
     assert book.evaluate(spend()).points == 2
     assert calls == [old_snapshot, new_snapshot]
+
+
+def test_campaigns_are_skipped_for_event_types_their_rules_cannot_match() -> None:
+    from services.points.campaigns.book import event_types_of
+    from services.points.campaigns.loader import load_campaign
+
+    def campaign(when: str) -> object:
+        text = f"""
+campaign: c
+title: t
+active: {{from: 2020-01-01}}
+points:
+  rules:
+    - id: a
+      when: {when}
+      award: 1
+"""
+        return load_campaign("c.yaml", text.encode())
+
+    assert event_types_of(campaign("{event: merchant.spend}")) == {"merchant.spend"}  # type: ignore[arg-type]
+    assert event_types_of(campaign("{event: {in: [a.b, c.d]}}")) == {"a.b", "c.d"}  # type: ignore[arg-type]
+    assert event_types_of(campaign("{event: {ne: a.b}}")) is None  # type: ignore[arg-type]

@@ -1,0 +1,27 @@
+"""INSERT ... ON CONFLICT for the two databases we support, behind one call."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def insert_ignoring_conflicts(connection: Connection, table: Table):  # type: ignore[no-untyped-def]
+    """An insert of `table` that skips rows whose key already exists."""
+    return _dialect_insert(connection, table).on_conflict_do_nothing()
+
+
+def insert_or_replace(connection: Connection, table: Table, key: list[str], columns: list[str]):  # type: ignore[no-untyped-def]
+    """An insert of `table` that overwrites `columns` of rows whose `key` already exists."""
+    statement = _dialect_insert(connection, table)
+    return statement.on_conflict_do_update(
+        index_elements=key, set_={name: getattr(statement.excluded, name) for name in columns}
+    )
+
+
+def _dialect_insert(connection: Connection, table: Table):  # type: ignore[no-untyped-def]
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if connection.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"no upsert for {connection.dialect.name}")
