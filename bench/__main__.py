@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+from google.protobuf.empty_pb2 import Empty
 
 from alliance.v1 import points_pb2, points_pb2_grpc
 from bench.load import LoadResult, run_load
@@ -43,8 +44,14 @@ async def measure_empty(concurrency: int, seconds: float, workers: int, channels
     try:
         for channel in chans:
             await asyncio.wait_for(channel.channel_ready(), 15)
-        calls = [channel.unary_unary("/bench.Empty/Call") for channel in chans]
-        return await run_load(lambda i: calls[i % channels](b""), concurrency=concurrency, seconds=seconds)
+        calls = [
+            channel.unary_unary(
+                "/bench.Empty/Call", request_serializer=Empty.SerializeToString, response_deserializer=Empty.FromString
+            )
+            for channel in chans
+        ]
+        empty = Empty()
+        return await run_load(lambda i: calls[i % channels](empty), concurrency=concurrency, seconds=seconds)
     finally:
         for channel in chans:
             await channel.close()
@@ -154,6 +161,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=2, help="server processes, for the baseline and the service")
-    parser.add_argument("--channels", type=int, default=4, help="client connections, calls spread over them")
+    parser.add_argument("--workers", type=int, default=1, help="server processes, for the baseline and the service")
+    parser.add_argument("--channels", type=int, default=1, help="client connections, calls spread over them")
     sys.exit(asyncio.run(main(parser.parse_args())))

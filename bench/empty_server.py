@@ -10,15 +10,20 @@ import asyncio
 import sys
 
 import grpc
+import uvloop
+from google.protobuf.empty_pb2 import Empty
 
 
-async def _empty(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    return b""
+async def _empty(request: Empty, context: grpc.aio.ServicerContext) -> Empty:
+    return Empty()
 
 
 async def serve(port: int) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])  # several workers share the port
-    handler = grpc.unary_unary_rpc_method_handler(_empty)
+    # A normal protobuf method (google.protobuf.Empty in and out), as any service method has.
+    handler = grpc.unary_unary_rpc_method_handler(
+        _empty, request_deserializer=Empty.FromString, response_serializer=Empty.SerializeToString
+    )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Empty", {"Call": handler})])
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -26,4 +31,6 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    # The same event loop as the services (`alliance serve`), so the comparison is like for like.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(int(sys.argv[1])))

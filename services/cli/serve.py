@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 
+import uvloop
+
 from services.cli.services_registry import SERVICES, ServiceEntry
 from services.foundation import migrations
 from services.foundation.db import Database
@@ -41,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(entry.name, settings.log_level)
     if settings.workers > 1:
         return supervise(entry, settings)
-    asyncio.run(entry.make_host(settings).serve_until_stopped())
+    # uvloop: the same code, measurably faster per call (see make bench).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(entry.make_host(settings).serve_until_stopped())
     return 0
 
 

@@ -103,6 +103,17 @@ class EventBus:
         all_headers = {MSG_ID_HEADER: event_id, EVENT_TYPE_HEADER: event_type, **(headers or {})}
         return await self.js.publish(subject, payload, headers=all_headers)
 
+    async def publish_many(self, messages: list[tuple[str, bytes, str, str, Mapping[str, str]]]) -> list[object]:
+        """Publish (subject, payload, event_id, event_type, headers) tuples pipelined; returns each
+        PubAck or the exception that message met, in order."""
+        assert self.js is not None
+        futures = []
+        for subject, payload, event_id, event_type, headers in messages:
+            all_headers = {MSG_ID_HEADER: event_id, EVENT_TYPE_HEADER: event_type, **headers}
+            futures.append(await self.js.publish_async(subject, payload, headers=all_headers, wait_stall=5))
+        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout=10)
+        return list(done)
+
     async def close(self) -> None:
         self._closing = True
         if self.nc is not None and not self.nc.is_closed:

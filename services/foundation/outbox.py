@@ -121,13 +121,9 @@ class OutboxRelay:
         if not rows:
             return 0
         # Publish in order but pipelined: the acks are awaited together.
-        acks = [
-            asyncio.ensure_future(
-                self.bus.publish(r.subject, r.payload, event_id=r.event_id, event_type=r.event_type, headers=r.headers)
-            )
-            for r in rows
-        ]
-        results = await asyncio.gather(*acks, return_exceptions=True)
+        results = await self.bus.publish_many(
+            [(r.subject, r.payload, r.event_id, r.event_type, r.headers or {}) for r in rows]
+        )
         done = [r.seq for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
         if done:
             await self.db.run(lambda s: self._mark(s, done))
