@@ -29,17 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
-    """Separate connections, as separate client systems would have: SO_REUSEPORT spreads
-    connections (not calls) over the server's workers."""
+    """Separate connections, as separate client systems would have."""
     return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
 
 
-async def measure_empty(concurrency: int, seconds: float, workers: int, channels: int) -> LoadResult:
+async def measure_empty(concurrency: int, seconds: float, channels: int) -> LoadResult:
     port = free_port()
-    servers = [
-        subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)  # noqa: ASYNC220
-        for _ in range(workers)
-    ]
+    servers = [subprocess.Popen([sys.executable, "-m", "bench.empty_server", str(port)], cwd=REPO)]  # noqa: ASYNC220
     chans = open_channels(f"127.0.0.1:{port}", channels)
     try:
         for channel in chans:
@@ -76,7 +72,7 @@ def _earn(i: int, run: str) -> points_pb2.EarnRequest:
     return request
 
 
-async def measure_earn(work: Path, concurrency: int, seconds: float, workers: int, channels: int) -> LoadResult:
+async def measure_earn(work: Path, concurrency: int, seconds: float, channels: int) -> LoadResult:
     nats = EmbeddedNats(work / "nats")
     nats.start()
     service = ServiceProcess(
@@ -117,8 +113,8 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="alliance-bench-") as tmp:
         work = Path(tmp)
         c = args.concurrency
-        empty = await measure_empty(c, args.seconds, args.workers, args.channels)
-        earn = await measure_earn(work, c, args.seconds, args.workers, args.channels)
+        empty = await measure_empty(c, args.seconds, args.channels)
+        earn = await measure_earn(work, c, args.seconds, args.channels)
     engine = engine_evaluations_per_second(rules=50, seconds=min(args.seconds, 5.0))
     ratio = earn.throughput / empty.throughput
     rows = [
@@ -161,6 +157,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=1, help="server processes, for the baseline and the service")
     parser.add_argument("--channels", type=int, default=1, help="client connections, calls spread over them")
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -19,7 +19,7 @@ async def _empty(request: Empty, context: grpc.aio.ServicerContext) -> Empty:
 
 
 async def serve(port: int) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])  # several workers share the port
+    server = grpc.aio.server()
     # A normal protobuf method (google.protobuf.Empty in and out), as any service method has.
     handler = grpc.unary_unary_rpc_method_handler(
         _empty, request_deserializer=Empty.FromString, response_serializer=Empty.SerializeToString

@@ -10,6 +10,7 @@ flushes what the last calls committed, then NATS and the database connections cl
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -85,9 +86,8 @@ class ServiceHost:
         server = grpc.aio.server(
             interceptors=[DomainErrorInterceptor()],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-            # Several workers share the port only when asked to; otherwise a second server on the
-            # same port is an error, not a silent split of the traffic.
-            options=[("grpc.so_reuseport", 1 if s.reuse_port else 0)],
+            # A second server on the same port is an error, not a silent split of the traffic.
+            options=[("grpc.so_reuseport", 0)],
         )
         for register in parts.register:
             register(server)
@@ -107,6 +107,8 @@ class ServiceHost:
             self._tasks.append(
                 asyncio.create_task(loop(self._background_stop), name=getattr(loop, "__qualname__", "bg"))
             )
+        gc.collect()
+        gc.freeze()  # start-up objects (modules, rules, schema) live forever: keep them out of collections
         log.info(
             "serving",
             extra={

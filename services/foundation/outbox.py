@@ -77,7 +77,7 @@ class OutboxRelay:
         db: Database,
         bus: EventBus,
         *,
-        batch_size: int = 256,
+        batch_size: int = 64,
         idle_seconds: float = 1.0,
         retention: timedelta = timedelta(days=7),
     ) -> None:

@@ -33,14 +33,6 @@ class ServiceSettings(BaseSettings):
     )
     migrate_on_start: bool = Field(True, description="upgrade the database schema before serving")
     max_concurrent_rpcs: int = Field(512, gt=0, description="calls served at once; more wait in the queue")
-    reuse_port: bool = Field(False, description="let several processes serve GRPC_PORT (WORKERS sets it)")
-    workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="processes serving the same port (SO_REUSEPORT), each a full replica; worker i "
-        "serves metrics on METRICS_PORT+i. Python runs one core per process: use one per core",
-    )
 
     @classmethod
     def env_name(cls, field: str) -> str:
