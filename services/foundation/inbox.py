@@ -131,6 +131,7 @@ class EventConsumer(Generic[M]):
     async def _subscribe(self, stop: asyncio.Event):  # type: ignore[no-untyped-def]
         """Wait for the producer's stream (it creates it), then bind the durable consumer."""
         assert self.bus.js is not None
+        waiting_logged = False
         while not stop.is_set():
             if await self.bus.stream_exists(self.stream):
                 config = ConsumerConfig(
@@ -144,7 +145,9 @@ class EventConsumer(Generic[M]):
                 return await self.bus.js.pull_subscribe(
                     self.subject, durable=self.name, stream=self.stream, config=config
                 )
-            log.info("waiting for stream", extra={"stream": self.stream, "consumer": self.name})
+            if not waiting_logged:  # its producer may not be deployed yet: say so once, then wait quietly
+                log.info("waiting for stream", extra={"stream": self.stream, "consumer": self.name})
+                waiting_logged = True
             await sleep_or_stop(stop, 2.0)
         return None
 
