@@ -14,6 +14,18 @@ from services.points.expiry import ExpirySweeper
 from tests.integration.conftest import PointsUnderTest, write_campaign
 from tests.integration.points_calls import earn_request, redeem_request, reverse_request
 
+SHORT_LIVED = """\
+campaign: short-lived
+title: Points that expire after one day
+active: {from: 2020-01-01}
+points:
+  expiry: {days: 1}
+  rules:
+    - id: like
+      when: {event: social.liked}
+      award: 5
+"""
+
 
 async def ledger_sum(points: PointsUnderTest, user: str) -> int:
     return await points.host.db.run(lambda s: ledger.ledger_sum(s, user))
@@ -108,21 +120,7 @@ async def test_redeem_without_enough_points_writes_nothing(points: PointsUnderTe
 
 
 async def test_redeem_spends_soonest_expiring_points_first(points: PointsUnderTest, user: str) -> None:
-    write_campaign(
-        points.rules_dir,
-        "short-lived",
-        """\
-        campaign: short-lived
-        title: Points that expire after one day
-        active: {from: 2020-01-01}
-        points:
-          expiry: {days: 1}
-          rules:
-            - id: like
-              when: {event: social.liked}
-              award: 5
-        """,
-    )
+    write_campaign(points.rules_dir, "short-lived", SHORT_LIVED)
     await points.reload_rules()
     await points.stub.Earn(earn_request(user, product="loan"))  # 100, expires in a year
     await points.stub.Earn(earn_request(user, event_type="social.liked", product=""))  # 5, expires tomorrow
@@ -132,21 +130,7 @@ async def test_redeem_spends_soonest_expiring_points_first(points: PointsUnderTe
 
 
 async def test_expired_points_are_not_spendable_and_are_written_off(points: PointsUnderTest, user: str) -> None:
-    write_campaign(
-        points.rules_dir,
-        "short-lived",
-        """\
-        campaign: short-lived
-        title: Points that expire after one day
-        active: {from: 2020-01-01}
-        points:
-          expiry: {days: 1}
-          rules:
-            - id: like
-              when: {event: social.liked}
-              award: 5
-        """,
-    )
+    write_campaign(points.rules_dir, "short-lived", SHORT_LIVED)
     await points.reload_rules()
     two_days_ago = datetime.now(UTC) - timedelta(days=2)
     await points.stub.Earn(earn_request(user, event_type="social.liked", product="", when=two_days_ago))
