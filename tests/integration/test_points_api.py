@@ -223,3 +223,19 @@ async def test_pages_of_the_ledger(points: PointsUnderTest, user: str) -> None:
         if not token:
             break
     assert len(seen) == 7 and seen == sorted(seen, reverse=True)
+
+
+async def test_a_broken_rule_file_leaves_the_last_good_version_in_force(points: PointsUnderTest, user: str) -> None:
+    from services.foundation.rules.directory import REJECTIONS
+    from tests.integration.conftest import TEST_CAMPAIGN
+
+    rejected_before = REJECTIONS.labels("campaigns", str(points.rules_dir / "campaigns" / "test-referral.yaml"))
+    before = rejected_before._value.get()
+    write_campaign(points.rules_dir, "test-referral", TEST_CAMPAIGN.replace("award: 100", "award: -5"))
+    await points.reload_rules()
+    assert (await points.stub.Earn(earn_request(user, product="loan"))).points == 100  # the old terms
+    assert rejected_before._value.get() == before + 1
+
+    write_campaign(points.rules_dir, "test-referral", TEST_CAMPAIGN.replace("award: 100", "award: 120"))
+    await points.reload_rules()
+    assert (await points.stub.Earn(earn_request(user, product="loan"))).points == 120  # the fixed file
