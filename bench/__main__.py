@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
-from alliance.v1 import points_pb2, points_pb2_grpc
+from alliance.v1 import benefits_pb2, benefits_pb2_grpc, points_pb2, points_pb2_grpc
 from bench.load import LoadResult, run_load
 from bench.rules_engine import engine_evaluations_per_second
 from services.foundation.child_service import ServiceProcess
@@ -72,7 +72,17 @@ def _earn(i: int, run: str) -> points_pb2.EarnRequest:
     return request
 
 
-async def measure_earn(work: Path, concurrency: int, seconds: float, channels: int) -> LoadResult:
+def _quote(i: int) -> benefits_pb2.QuoteDiscountRequest:
+    request = benefits_pb2.QuoteDiscountRequest(
+        customer_id=f"bench-user-{i % 500}",
+        merchant_id=("m-cinema-01", "m-market-01")[i % 2],
+        amount=f"{(i % 300) + 20}.00",
+    )
+    return request
+
+
+async def measure_service(work: Path, concurrency: int, seconds: float, channels: int) -> tuple[LoadResult, LoadResult]:
+    """Earn, then QuoteDiscount, against one points process (SQLite) fed by the shipped rule files."""
     nats = EmbeddedNats(work / "nats")
     nats.start()
     service = ServiceProcess(
@@ -92,9 +102,18 @@ async def measure_earn(work: Path, concurrency: int, seconds: float, channels: i
         chans = open_channels(service.address, channels)
         try:
             stubs = [points_pb2_grpc.PointsStub(channel) for channel in chans]
-            return await run_load(
+            earn = await run_load(
                 lambda i: stubs[i % channels].Earn(_earn(i, run)), concurrency=concurrency, seconds=seconds
             )
+            benefits = [benefits_pb2_grpc.BenefitsStub(channel) for channel in chans]
+            for i in range(500):  # customers spread over the tiers
+                aum = benefits_pb2.SetCustomerAumRequest(customer_id=f"bench-user-{i}", aum=str(i * 2000))
+                aum.as_of.GetCurrentTime()
+                await benefits[0].SetCustomerAum(aum)
+            quote = await run_load(
+                lambda i: benefits[i % channels].QuoteDiscount(_quote(i)), concurrency=concurrency, seconds=seconds
+            )
+            return earn, quote
         finally:
             for channel in chans:
                 await channel.close()
@@ -114,7 +133,7 @@ async def main(args: argparse.Namespace) -> int:
         work = Path(tmp)
         c = args.concurrency
         empty = await measure_empty(c, args.seconds, args.channels)
-        earn = await measure_earn(work, c, args.seconds, args.channels)
+        earn, quote = await measure_service(work, c, args.seconds, args.channels)
     engine = engine_evaluations_per_second(rules=50, seconds=min(args.seconds, 5.0))
     ratio = earn.throughput / empty.throughput
     rows = [
@@ -143,14 +162,14 @@ async def main(args: argparse.Namespace) -> int:
             engine >= 10_000,
         ),
     ]
-    errors = f"errors: Earn {earn.errors}, empty {empty.errors}"
+    errors = f"errors: Earn {earn.errors}, QuoteDiscount {quote.errors}, empty {empty.errors}"
     text = table(rows)
     print(text)
     print(errors)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.md").write_text(f"{datetime.now(UTC).isoformat(timespec='seconds')}\n\n{text}\n\n{errors}\n")
-    return 0 if all(r[-1] for r in rows) and not earn.errors else 1
+    return 0 if all(r[-1] for r in rows) and not (earn.errors or quote.errors) else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from services.cli import db_commands, dev_run, points_commands, serve
+from services.cli.benefits_commands import add_benefits_parser
 from services.cli.rules_commands import add_rules_parser
 
 
@@ -28,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     dev_run.add_parser(commands)
     add_rules_parser(commands)
+    add_benefits_parser(commands)
     points_commands.add_parser(commands)
     db_commands.add_parser(commands)
     return root

@@ -13,6 +13,7 @@ from typing import Any
 
 from services.foundation.rules.engine import Matcher
 from services.foundation.rules.errors import RuleFileError
+from services.points.benefits.quote import compile_benefits
 from services.points.campaigns.book import CampaignBook, compile_campaign
 from services.points.campaigns.evaluation import EarnEvent, Evaluation
 from services.points.campaigns.loader import find_duplicate_ids, load_campaign
@@ -78,6 +79,9 @@ def validate(args: argparse.Namespace) -> int:
                 compiled = compile_campaign(matcher, campaign)  # the engine's own limits
                 if compiled is not None:
                     matcher.remove(compiled)
+                offers = compile_benefits(matcher, campaign)  # the benefits offers, likewise
+                if offers is not None:
+                    matcher.remove(offers)
                 loaded[file] = campaign
             except RuleFileError as error:
                 errors[file] = error
@@ -91,7 +95,11 @@ def validate(args: argparse.Namespace) -> int:
         else:
             campaign = loaded[file]
             count = len(campaign.points.rules) if campaign.points else 0
-            print(f"OK {file} ({campaign.id}, version {campaign.version}, {count} rule{'' if count == 1 else 's'})")
+            summary = f"{campaign.id}, version {campaign.version}, {count} rule{'' if count == 1 else 's'}"
+            if campaign.benefits is not None:
+                offers = len(campaign.benefits.offers)
+                summary += f", {offers} benefit offer{'' if offers == 1 else 's'}"
+            print(f"OK {file} ({summary})")
     bad += len(errors)
     print(f"{len(files) - len(errors)} of {len(files)} files OK" + (f", {len(errors)} refused" if errors else ""))
     return 1 if bad else 0

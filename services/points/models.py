@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from services.foundation.db import UTCDateTime, utcnow
@@ -122,4 +122,60 @@ class CampaignBudget(SQLModel, table=True):
 
     campaign_id: str = Field(primary_key=True, max_length=64)
     awarded: int = 0
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# -- benefits ------------------------------------------------------------------------------------
+# Money is stored in cents (integers): exact on SQLite and PostgreSQL alike.
+
+
+class CustomerAum(SQLModel, table=True):
+    """A customer's assets at the bank as core banking last reported them; decides the tier."""
+
+    __tablename__ = "customer_aum"
+
+    customer_id: str = Field(primary_key=True, max_length=64)
+    aum_cents: int | None = Field(default=None, sa_type=BigInteger)  # None: never reported (lowest tier)
+    as_of: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class BenefitClaim(SQLModel, table=True):
+    __tablename__ = "benefit_claim"
+
+    id: str = Field(primary_key=True, max_length=32)
+    idempotency_key: str = Field(unique=True, max_length=128)
+    request_hash: str = Field(max_length=64)
+    customer_id: str = Field(max_length=64, index=True)
+    merchant_id: str = Field(max_length=64)
+    kind: str = Field(max_length=16)  # discount | free_item
+    campaign_id: str | None = Field(default=None, max_length=64)
+    offer_id: str | None = Field(default=None, max_length=64)
+    amount_cents: int = Field(sa_type=BigInteger)
+    discount_cents: int = Field(sa_type=BigInteger)
+    response: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    claimed_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class FreeItemUsage(SQLModel, table=True):
+    """Free items a customer took from an offer in a calendar year (campaign time zone)."""
+
+    __tablename__ = "free_item_usage"
+
+    campaign_id: str = Field(primary_key=True, max_length=64)
+    offer_id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(primary_key=True, max_length=64)
+    year: str = Field(primary_key=True, max_length=4)
+    used: int = 0
+
+
+class OfferBudget(SQLModel, table=True):
+    """Discount an offer has given in total, checked against its budget."""
+
+    __tablename__ = "offer_budget"
+
+    campaign_id: str = Field(primary_key=True, max_length=64)
+    offer_id: str = Field(primary_key=True, max_length=64)
+    spent_cents: int = Field(default=0, sa_type=BigInteger)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -18,6 +18,7 @@ from services.foundation.rules.document import load_document
 from services.foundation.rules.errors import Path as DataPath
 from services.foundation.rules.errors import RuleFileError, format_path
 from services.foundation.rules.located_yaml import LineIndex
+from services.points.benefits.loader import build_benefits
 from services.points.campaigns.model import (
     DEFAULT_TIMEZONE,
     Award,
@@ -112,6 +113,7 @@ class _Builder:
         if active_from and active_until and active_until <= active_from:
             self.fail(("active", "until"), f"must be after active.from ({active['from']})")
         points = self._points(data["points"], tz, active_from) if "points" in data else None
+        benefits = build_benefits(data["benefits"], self.fail) if "benefits" in data else None
         if self.problems:
             self.problems.sort(key=lambda p: (p.line or 0, p.path))
             raise RuleFileError.from_problems(self.problems)
@@ -128,6 +130,7 @@ class _Builder:
             exclusive=data.get("exclusive", False),
             points=points,
             id_line=self.index.line(("campaign",)),
+            benefits=benefits,
         )
 
     def _timezone(self, name: str) -> ZoneInfo:

@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import ROUND_FLOOR, Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from services.points.benefits.model import BenefitTerms
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 
@@ -121,6 +124,7 @@ class Campaign:
     exclusive: bool
     points: PointsTerms | None
     id_line: int | None = None  # line of `campaign:` in the file, to locate id conflicts
+    benefits: BenefitTerms | None = None  # the `benefits:` section; None when the file has none
 
     def is_active(self, at: datetime) -> bool:
         _require_aware(at, "at")

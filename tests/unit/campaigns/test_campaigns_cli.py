@@ -38,7 +38,8 @@ def test_validate_the_repository_rules(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert f"OK {REPO}/rules/campaigns/referral-autumn-2026.yaml (referral-autumn-2026, version " in out
     assert ", 4 rules)" in out
-    assert "3 of 3 files OK" in out
+    assert "(supermarket-benefits-2026, version " in out and ", 0 rules, 3 benefit offers)" in out
+    assert "5 of 5 files OK" in out
 
 
 def test_validate_prints_every_located_error_and_fails(rules_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,7 +50,7 @@ def test_validate_prints_every_located_error_and_fails(rules_dir: Path, capsys: 
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == [
         f"{bad}:4: bugdet: unknown field 'bugdet' "
-        "(allowed here: active, campaign, exclusive, points, priority, timezone, title)",
+        "(allowed here: active, benefits, campaign, exclusive, points, priority, timezone, title)",
         f"{bad}:5: priority: must be a whole number (got 'high')",
     ]
     assert out[2].startswith(f"OK {good} (referral-autumn-2026,")

@@ -1,0 +1,568 @@
+"""Quotes: what a customer pays at a merchant now, with which offers, and what else they get.
+
+Pure: no database. What the database knows (free items used this year, offer budgets spent) is
+passed in as `Usage`; the caller locks and records it when a quote is claimed.
+
+Reloads swap one immutable snapshot, like CampaignBook: a quote sees the old campaigns or the new
+ones, never a mix.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from services.foundation.rules.conditions import compile_condition
+from services.foundation.rules.directory import report_rejection
+from services.foundation.rules.engine import CompiledRuleset, Matcher, RulesetRemovedError
+from services.foundation.rules.errors import RuleFileError
+from services.points.benefits.model import WEEKDAYS, Merchant, Offer, Period, cents, percent
+from services.points.campaigns.loader import find_duplicate_ids
+from services.points.campaigns.model import Campaign
+
+ZERO = Decimal("0.00")
+_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+class UnknownMerchant(ValueError):
+    """The merchant is in no active campaign's merchant data and the request gave no category."""
+
+
+@dataclass(frozen=True)
+class QuoteInput:
+    customer_id: str
+    merchant_id: str
+    category: str | None  # wins over the merchant data when given
+    amount: Decimal  # CNY
+    at: datetime  # aware
+    aum: Decimal | None  # CNY; None: unknown (the lowest tier)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the database says is used up."""
+
+    # (campaign_id, offer_id, year "2026") -> free items this customer used that calendar year
+    free_items_used: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    # (campaign_id, offer_id) -> CNY of discount the offer has given so far, all customers
+    budget_spent: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)
+
+
+NO_USAGE = Usage()
+
+
+@dataclass(frozen=True)
+class AppliedOffer:
+    campaign_id: str
+    campaign_version: str
+    offer_id: str
+    kind: str  # discount | free_item | points_multiplier | gift | lottery
+    discount_amount: Decimal  # CNY; 0.00 for all but discounts
+    detail: str
+
+
+@dataclass(frozen=True)
+class Quote:
+    tier: str
+    period: str
+    category: str
+    final_amount: Decimal
+    discount_amount: Decimal
+    applied: tuple[AppliedOffer, ...]  # discounts applied, in order: the exclusive best first, then stacking ones
+    free_item: AppliedOffer | None  # best free-item offer with quota left this year
+    free_items_left: int  # left of that offer this year, before using one
+    extras: tuple[AppliedOffer, ...]  # gifts, points multipliers, lottery entries
+    skipped: tuple[tuple[str, str], ...]  # (offer_id, reason)
+    public_discount: Decimal | None
+    beats_public: bool
+    explanation: str
+    blocked_by: str | None = None  # the best offer's budget is spent and it says on_exhausted: fail
+    years: Mapping[str, int] = field(default_factory=dict)  # campaign id -> quota year of `at` (campaign tz)
+    campaign_id: str | None = None  # the campaign whose tier/period the quote reports
+
+
+@dataclass(frozen=True)
+class FreeItemEntitlement:
+    campaign_id: str
+    offer_id: str
+    item: str
+    per_year: int
+    used: int
+    left: int
+    year: int
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """One active campaign with benefits, for one customer at one moment."""
+
+    campaign: Campaign
+    tier: str
+    period: str
+    free_items: tuple[FreeItemEntitlement, ...]
+    available_now: tuple[AppliedOffer, ...]  # offers the customer's tier and the moment allow, any merchant
+
+
+@dataclass(frozen=True)
+class _Entry:
+    campaign: Campaign
+    compiled: CompiledRuleset
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    by_file: Mapping[str, _Entry] = field(default_factory=dict)
+    ordered: tuple[_Entry, ...] = ()  # priority desc, then id
+
+
+def compile_benefits(matcher: Matcher, campaign: Campaign) -> CompiledRuleset | None:
+    """Register the campaign's offers; RuleFileError if the engine cannot hold them."""
+    if campaign.benefits is None:
+        return None
+    rules = [(offer.id, compile_condition(offer.when)) for offer in campaign.benefits.offers]
+    try:
+        return matcher.add(f"benefits:{campaign.id}@{campaign.version}", rules)
+    except ValueError as error:
+        raise RuleFileError(campaign.file, None, "benefits.offers", str(error)) from error
+
+
+@dataclass
+class _Discounted:
+    campaign: Campaign
+    offer: Offer
+    amount: Decimal
+
+
+class BenefitBook:
+    def __init__(self, matcher: Matcher | None = None, name: str = "benefits") -> None:
+        self._matcher = matcher or Matcher()
+        self._name = name
+        self._snapshot = _Snapshot()
+        self._rejected: dict[str, RuleFileError] = {}
+        self._replacing = threading.Lock()
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def replace(self, campaigns: Mapping[str, Campaign]) -> None:
+        """Put the benefits of exactly these campaigns ({file: campaign}) in force. Campaigns
+        without a benefits section are ignored; a duplicate id is refused as in CampaignBook."""
+        with self._replacing:
+            old = self._snapshot
+            duplicates = find_duplicate_ids(campaigns)
+            entries: dict[str, _Entry] = {}
+            created: list[CompiledRuleset] = []
+            rejected: dict[str, RuleFileError] = {}
+            try:
+                for file in sorted(campaigns):
+                    campaign = campaigns[file]
+                    if file in duplicates or campaign.benefits is None:
+                        continue
+                    previous = old.by_file.get(file)
+                    if previous is not None and previous.campaign.version == campaign.version:
+                        entries[file] = _Entry(campaign, previous.compiled)
+                        continue
+                    try:
+                        compiled = compile_benefits(self._matcher, campaign)
+                    except RuleFileError as error:
+                        rejected[file] = error
+                        if previous is not None:
+                            entries[file] = previous
+                        continue
+                    assert compiled is not None
+                    created.append(compiled)
+                    entries[file] = _Entry(campaign, compiled)
+            except BaseException:
+                for compiled in created:
+                    self._matcher.remove(compiled)
+                raise
+            ordered = sorted(entries.values(), key=lambda e: (-e.campaign.priority, e.campaign.id))
+            self._snapshot = _Snapshot(MappingProxyType(entries), tuple(ordered))
+            kept = {id(e.compiled) for e in entries.values()}
+            for entry in old.ordered:
+                if id(entry.compiled) not in kept:
+                    self._matcher.remove(entry.compiled)
+            for file, error in rejected.items():
+                if str(self._rejected.get(file)) != str(error):
+                    report_rejection(self._name, error)
+            self._rejected = rejected
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def rejected(self) -> Mapping[str, RuleFileError]:
+        return MappingProxyType(dict(self._rejected))
+
+    def campaigns(self) -> list[Campaign]:
+        """Campaigns with benefits in force, by priority (highest first) then id."""
+        return [entry.campaign for entry in self._snapshot.ordered]
+
+    def get(self, campaign_id: str) -> Campaign | None:
+        for entry in self._snapshot.ordered:
+            if entry.campaign.id == campaign_id:
+                return entry.campaign
+        return None
+
+    def offer_budget(self, campaign_id: str, offer_id: str) -> Decimal | None:
+        """The offer's budget in CNY; None when it has none or is unknown."""
+        campaign = self.get(campaign_id)
+        if campaign is None or campaign.benefits is None:
+            return None
+        try:
+            return campaign.benefits.offer(offer_id).budget
+        except KeyError:
+            return None
+
+    def merchant(self, merchant_id: str, at: datetime) -> Merchant | None:
+        """The merchant's data from the first active campaign (by priority) that lists it."""
+        for entry in self._snapshot.ordered:
+            benefits = entry.campaign.benefits
+            if benefits is not None and entry.campaign.is_active(at) and merchant_id in benefits.merchants:
+                return benefits.merchants[merchant_id]
+        return None
+
+    # -- quote ---------------------------------------------------------------------------------
+
+    def quote(self, inp: QuoteInput, usage: Usage = NO_USAGE) -> Quote:
+        """What the customer pays and gets. Raises UnknownMerchant (a ValueError) when the merchant
+        is unknown and the input has no category."""
+        if inp.at.tzinfo is None or inp.at.utcoffset() is None:
+            raise ValueError(f"at must carry a time zone, got {inp.at.isoformat()}")
+        while True:
+            snapshot = self._snapshot
+            try:
+                return self._quote(snapshot, inp, usage)
+            except RulesetRemovedError:
+                if self._snapshot is snapshot:
+                    raise
+
+    def _quote(self, snapshot: _Snapshot, inp: QuoteInput, usage: Usage) -> Quote:
+        active = [e for e in snapshot.ordered if e.campaign.is_active(inp.at)]
+        merchant = next(
+            (e.campaign.benefits.merchants[inp.merchant_id] for e in active if _lists(e.campaign, inp.merchant_id)),
+            None,
+        )
+        if merchant is None and not inp.category:
+            raise UnknownMerchant(
+                f"merchant '{inp.merchant_id}' is in no active campaign's merchant list; give its category"
+            )
+        category = inp.category or (merchant.category if merchant else "")
+        amount = cents(inp.amount)
+        public = merchant.public_discount if merchant is not None else None
+
+        exclusive: list[_Discounted] = []
+        stacking: list[_Discounted] = []
+        free_candidates: list[tuple[int, int, Campaign, Offer, int, int]] = []
+        extras: list[AppliedOffer] = []
+        skipped: list[tuple[str, str]] = []
+        years: dict[str, int] = {}
+        contexts: dict[str, tuple[str, Period]] = {}
+        for entry in active:
+            campaign = entry.campaign
+            terms = campaign.benefits
+            assert terms is not None
+            local = inp.at.astimezone(campaign.timezone)
+            years[campaign.id] = local.year
+            tier = terms.tier_for(inp.aum).id
+            period = terms.calendar.period_at(inp.at, campaign.timezone)
+            contexts[campaign.id] = (tier, period)
+            fact: dict[str, Any] = {
+                "category": category,
+                "merchant_id": inp.merchant_id,
+                "tier": tier,
+                "period": period,
+                "amount": float(amount),
+                "weekday": WEEKDAYS[local.weekday()],
+            }
+            for offer_id in self._matcher.match(entry.compiled, fact):
+                offer = terms.offer(offer_id)
+                if offer.kind == "discount":
+                    (stacking if offer.stacking == "stack" else exclusive).append(_Discounted(campaign, offer, ZERO))
+                elif offer.kind == "free_item" and offer.free_item is not None:
+                    allowance = offer.free_item.allowance(tier)
+                    used = int(usage.free_items_used.get((campaign.id, offer.id, str(local.year)), 0))
+                    if allowance <= 0:
+                        skipped.append((offer.id, f"tier {tier} gets no free {offer.free_item.item}"))
+                    elif used >= allowance:
+                        skipped.append(
+                            (
+                                offer.id,
+                                f"free {offer.free_item.item} quota used ({used} of {allowance} in {local.year})",
+                            )
+                        )
+                    else:
+                        free_candidates.append(
+                            (-offer.priority, -(allowance - used), campaign, offer, allowance - used, allowance)
+                        )
+                else:
+                    extras.append(_applied(campaign, offer, ZERO, offer.describe()))
+
+        applied, blocked_by = self._discounts(amount, exclusive, stacking, usage, skipped)
+        discount_total = sum((a.discount_amount for a in applied), ZERO)
+        final = amount - discount_total
+        floor_note = ""
+        floors = [
+            c.benefits.floor_price
+            for c in {a.campaign_id: self.get(a.campaign_id) for a in applied}.values()
+            if c is not None and c.benefits is not None and c.benefits.floor_price is not None
+        ]
+        if floors:
+            floor = cents(max(floors))
+            limit = min(amount, floor)
+            if final < limit:
+                applied, floor_skips = _clamp(applied, limit - final, floor)
+                skipped.extend(floor_skips)
+                discount_total = sum((a.discount_amount for a in applied), ZERO)
+                final = amount - discount_total
+                floor_note = f"; floor price {floor} CNY limits the discount"
+
+        free_item: AppliedOffer | None = None
+        free_left = 0
+        if free_candidates:
+            free_candidates.sort(key=lambda c: (c[0], c[1], c[2].id, c[3].id))
+            _, _, campaign, offer, free_left, allowance = free_candidates[0]
+            assert offer.free_item is not None
+            year = years[campaign.id]
+            detail = f"free {offer.free_item.item}: {free_left} of {allowance} left in {year}"
+            free_item = _applied(campaign, offer, ZERO, detail)
+
+        primary = _primary(applied, free_item, extras, active)
+        tier, period = contexts.get(primary, ("", "off_peak")) if primary else ("", "off_peak")
+        # The effective rate must exceed what the public gets anyway.
+        beats = public is None or (amount > 0 and discount_total / amount > public)
+        explanation = _explain(
+            tier, period, inp.at, active, primary, category, applied, free_item, extras, public, beats, blocked_by
+        )
+        return Quote(
+            tier=tier,
+            period=period,
+            category=category,
+            final_amount=final,
+            discount_amount=discount_total,
+            applied=tuple(applied),
+            free_item=free_item,
+            free_items_left=free_left,
+            extras=tuple(extras),
+            skipped=tuple(skipped),
+            public_discount=public,
+            beats_public=beats,
+            explanation=explanation + floor_note,
+            blocked_by=blocked_by,
+            years=MappingProxyType(years),
+            campaign_id=primary,
+        )
+
+    @staticmethod
+    def _discounts(
+        amount: Decimal,
+        exclusive: list[_Discounted],
+        stacking: list[_Discounted],
+        usage: Usage,
+        skipped: list[tuple[str, str]],
+    ) -> tuple[list[AppliedOffer], str | None]:
+        applied: list[AppliedOffer] = []
+        for candidate in exclusive:
+            assert candidate.offer.discount is not None
+            candidate.amount = candidate.offer.discount.off(amount)
+        exclusive.sort(key=lambda c: (-c.amount, -c.offer.priority, c.campaign.id, c.offer.id))
+        remaining = amount
+        for candidate in exclusive:
+            if applied:
+                skipped.append((candidate.offer.id, f"exclusive; {applied[0].offer_id} gives more"))
+                continue
+            if candidate.amount <= 0:
+                skipped.append((candidate.offer.id, "gives no discount on this amount"))
+                continue
+            spent = _over_budget(candidate, usage)
+            if spent is not None:
+                skipped.append((candidate.offer.id, spent))
+                if candidate.offer.on_exhausted == "fail":
+                    return [], f"{candidate.offer.id}: {spent}"
+                continue
+            applied.append(_applied(candidate.campaign, candidate.offer, candidate.amount, _detail(candidate)))
+            remaining -= candidate.amount
+        stacking.sort(key=lambda c: (-c.offer.priority, c.campaign.id, c.offer.id))
+        for candidate in stacking:
+            assert candidate.offer.discount is not None
+            candidate.amount = candidate.offer.discount.off(remaining)
+            if candidate.amount <= 0:
+                skipped.append((candidate.offer.id, "gives no discount on the remaining amount"))
+                continue
+            spent = _over_budget(candidate, usage)
+            if spent is not None:
+                skipped.append((candidate.offer.id, spent))
+                if candidate.offer.on_exhausted == "fail":
+                    return [], f"{candidate.offer.id}: {spent}"
+                continue
+            applied.append(_applied(candidate.campaign, candidate.offer, candidate.amount, _detail(candidate)))
+            remaining -= candidate.amount
+        return applied, None
+
+    # -- entitlements --------------------------------------------------------------------------
+
+    def entitlements(
+        self, customer_id: str, aum: Decimal | None, at: datetime, usage: Usage = NO_USAGE
+    ) -> list[Entitlement]:
+        """For each active campaign with benefits: the customer's tier, free items with used/left
+        this year, and the offers their tier and the moment allow at any merchant (conditions on
+        category, merchant, amount are not checked)."""
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(f"at must carry a time zone, got {at.isoformat()}")
+        result: list[Entitlement] = []
+        for entry in self._snapshot.ordered:
+            campaign = entry.campaign
+            terms = campaign.benefits
+            if terms is None or not campaign.is_active(at):
+                continue
+            local = at.astimezone(campaign.timezone)
+            tier = terms.tier_for(aum).id
+            period = terms.calendar.period_at(at, campaign.timezone)
+            fact = {"tier": tier, "period": period, "weekday": WEEKDAYS[local.weekday()]}
+            free_items: list[FreeItemEntitlement] = []
+            available: list[AppliedOffer] = []
+            for offer in terms.offers:
+                if offer.free_item is not None:
+                    allowance = offer.free_item.allowance(tier)
+                    used = int(usage.free_items_used.get((campaign.id, offer.id, str(local.year)), 0))
+                    free_items.append(
+                        FreeItemEntitlement(
+                            campaign.id,
+                            offer.id,
+                            offer.free_item.item,
+                            allowance,
+                            used,
+                            max(0, allowance - used),
+                            local.year,
+                        )
+                    )
+                if _holds_partly(offer.when, fact):
+                    if offer.free_item is not None and offer.free_item.allowance(tier) <= 0:
+                        continue
+                    available.append(_applied(campaign, offer, ZERO, offer.describe()))
+            result.append(Entitlement(campaign, tier, period, tuple(free_items), tuple(available)))
+        return result
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _lists(campaign: Campaign, merchant_id: str) -> bool:
+    return campaign.benefits is not None and merchant_id in campaign.benefits.merchants
+
+
+def _applied(campaign: Campaign, offer: Offer, amount: Decimal, detail: str) -> AppliedOffer:
+    return AppliedOffer(campaign.id, campaign.version, offer.id, offer.kind, amount, detail)
+
+
+def _detail(candidate: _Discounted) -> str:
+    assert candidate.offer.discount is not None
+    text = candidate.offer.discount.describe()
+    if candidate.offer.discount.price is not None:
+        text += f" ({candidate.amount} CNY off)"
+    return text
+
+
+def _over_budget(candidate: _Discounted, usage: Usage) -> str | None:
+    budget = candidate.offer.budget
+    if budget is None:
+        return None
+    spent = Decimal(usage.budget_spent.get((candidate.campaign.id, candidate.offer.id), ZERO))
+    if spent + candidate.amount > budget:
+        return f"budget spent ({cents(spent)} of {cents(budget)} CNY given; this discount is {candidate.amount})"
+    return None
+
+
+def _clamp(
+    applied: list[AppliedOffer], excess: Decimal, floor: Decimal
+) -> tuple[list[AppliedOffer], list[tuple[str, str]]]:
+    """Take `excess` back from the discounts, last applied first."""
+    result = list(applied)
+    notes: list[tuple[str, str]] = []
+    for i in range(len(result) - 1, -1, -1):
+        if excess <= 0:
+            break
+        offer = result[i]
+        take = min(excess, offer.discount_amount)
+        excess -= take
+        reduced = offer.discount_amount - take
+        notes.append(
+            (offer.offer_id, f"floor price {floor} CNY: discount reduced from {offer.discount_amount} to {reduced}")
+        )
+        if reduced <= 0:
+            del result[i]
+        else:
+            result[i] = AppliedOffer(
+                offer.campaign_id,
+                offer.campaign_version,
+                offer.offer_id,
+                offer.kind,
+                reduced,
+                f"{offer.detail}, limited by the floor price {floor} CNY",
+            )
+    return result, notes
+
+
+def _primary(
+    applied: list[AppliedOffer], free_item: AppliedOffer | None, extras: list[AppliedOffer], active: list[_Entry]
+) -> str | None:
+    for offer in [*applied, *([free_item] if free_item else []), *extras]:
+        return offer.campaign_id
+    return active[0].campaign.id if active else None
+
+
+def _explain(
+    tier: str,
+    period: str,
+    at: datetime,
+    active: list[_Entry],
+    primary: str | None,
+    category: str,
+    applied: list[AppliedOffer],
+    free_item: AppliedOffer | None,
+    extras: list[AppliedOffer],
+    public: Decimal | None,
+    beats: bool,
+    blocked_by: str | None,
+) -> str:
+    if primary is None:
+        return f"{category}: no campaign with benefits is active"
+    campaign = next(e.campaign for e in active if e.campaign.id == primary)
+    day = _DAY_NAMES[at.astimezone(campaign.timezone).weekday()]
+    head = f"{tier} tier, {period.replace('_', '-')} {day}, {category}: "
+    if blocked_by:
+        parts = [f"blocked: {blocked_by}"]
+    else:
+        parts = [f"{a.detail} ({a.offer_id})" for a in applied] or ["no discount"]
+    if free_item is not None:
+        parts.append(f"{free_item.detail} ({free_item.offer_id})")
+    parts.extend(f"{e.detail} ({e.offer_id})" for e in extras)
+    text = head + "; ".join(parts)
+    if public is not None and not beats:
+        text += f"; does NOT beat the public discount of {percent(public)}"
+    return text
+
+
+def _holds_partly(when: Mapping[str, Any], fact: Mapping[str, str]) -> bool:
+    """The conditions of `when` on the fields of `fact` hold; conditions on other fields are ignored."""
+    for name, spec in when.items():
+        if name not in fact:
+            continue
+        value = fact[name]
+        if not isinstance(spec, Mapping):
+            if value != spec:
+                return False
+            continue
+        for op, arg in spec.items():
+            if op == "in" and value not in arg:
+                return False
+            if op == "not_in" and value in arg:
+                return False
+            if op == "ne" and value == arg:
+                return False
+            if op == "exists" and not arg:
+                return False
+    return True

@@ -1,0 +1,158 @@
+"""The gRPC face of Benefits: validate, read the customer's state, quote or claim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from alliance.v1 import benefits_pb2 as api
+from alliance.v1 import benefits_pb2_grpc
+from services.foundation.db import Database, utcnow
+from services.foundation.errors import InvalidArgument, NotFound
+from services.points import benefits_store, commands
+from services.points.benefits.quote import AppliedOffer, BenefitBook, Quote, QuoteInput, UnknownMerchant
+from services.points.benefits_store import ClaimCommand, CustomerState
+from services.points.money import wire
+from services.points.stamps import ts
+
+
+def moment(value: Timestamp, present: bool, name: str) -> datetime:
+    """An optional time: now when absent; malformed values are refused."""
+    if not present:
+        return utcnow()
+    if value.nanos < 0 or value.nanos > 999_999_999:
+        raise InvalidArgument(name, "has nanos out of range")
+    try:
+        when = value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgument(name, f"is not a valid time ({error})") from error
+    if not 2000 <= when.year <= 2100:
+        raise InvalidArgument(name, "must be between the years 2000 and 2100")
+    return when
+
+
+def quote_input(customer_id: str, merchant_id: str, category: str, amount: str, at: datetime) -> QuoteInput:
+    parsed = commands.amount(amount)
+    if parsed is None:
+        raise InvalidArgument("amount", "is required")
+    return QuoteInput(
+        customer_id=commands.required_text(customer_id, "customer_id"),
+        merchant_id=commands.required_text(merchant_id, "merchant_id"),
+        category=category.strip() or None,
+        amount=parsed,
+        at=at,
+        aum=None,
+    )
+
+
+def applied_to_api(offer: AppliedOffer, book: BenefitBook) -> api.AppliedBenefit:
+    return api.AppliedBenefit(
+        campaign_id=offer.campaign_id,
+        offer_id=offer.offer_id,
+        rule_version=offer.campaign_version,
+        kind=offer.kind,
+        discount_amount=wire(offer.discount_amount),
+        detail=offer.detail,
+    )
+
+
+class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
+    def __init__(self, db: Database, book: BenefitBook, on_commit: Callable[[], None]) -> None:
+        self.db = db
+        self.book = book
+        self.on_commit = on_commit
+
+    def to_api(self, quote: Quote, inp: QuoteInput, state: CustomerState) -> api.Quote:
+        return api.Quote(
+            customer_id=inp.customer_id,
+            merchant_id=inp.merchant_id,
+            category=quote.category,
+            tier=quote.tier,
+            period=quote.period,
+            amount=wire(inp.amount),
+            final_amount=wire(quote.final_amount),
+            discount_amount=wire(quote.discount_amount),
+            applied=[applied_to_api(a, self.book) for a in quote.applied],
+            free_item_available=quote.free_item is not None,
+            free_item=applied_to_api(quote.free_item, self.book) if quote.free_item else None,
+            free_items_left=quote.free_items_left,
+            extras=[applied_to_api(a, self.book) for a in quote.extras],
+            beats_public_discount=quote.beats_public,
+            public_discount=wire(quote.public_discount),
+            explanation=quote.explanation,
+            skipped=[f"{offer}: {why}" for offer, why in quote.skipped],
+            aum_as_of=ts(state.as_of),
+        )
+
+    def _quote(self, inp: QuoteInput, state: CustomerState) -> Quote:
+        try:
+            return self.book.quote(QuoteInput(**{**inp.__dict__, "aum": state.aum}), state.usage)
+        except UnknownMerchant as error:
+            raise NotFound(f"merchant_id: {error}") from error
+
+    async def QuoteDiscount(self, request: api.QuoteDiscountRequest, context: grpc.aio.ServicerContext) -> api.Quote:
+        at = moment(request.at, request.HasField("at"), "at")
+        inp = quote_input(request.customer_id, request.merchant_id, request.category, request.amount, at)
+        state = await self.db.run(lambda s: benefits_store.customer_state(s, inp.customer_id))
+        return self.to_api(self._quote(inp, state), inp, state)
+
+    async def ClaimBenefit(
+        self, request: api.ClaimBenefitRequest, context: grpc.aio.ServicerContext
+    ) -> api.ClaimBenefitResponse:
+        at = moment(request.at, request.HasField("at"), "at")
+        cmd = ClaimCommand(
+            idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
+            request_hash=commands.request_hash(request),
+            quote=quote_input(request.customer_id, request.merchant_id, request.category, request.amount, at),
+            use_free_item=request.use_free_item,
+        )
+        self._quote(cmd.quote, CustomerState(None, None, _NO_USAGE))  # unknown merchant: NOT_FOUND before locking
+        response = await self.db.run(lambda s: benefits_store.claim(s, cmd, self.book, self.to_api))
+        if not response.replayed:
+            self.on_commit()
+        return response
+
+    async def GetEntitlements(
+        self, request: api.GetEntitlementsRequest, context: grpc.aio.ServicerContext
+    ) -> api.Entitlements:
+        customer_id = commands.required_text(request.customer_id, "customer_id")
+        at = moment(request.at, request.HasField("at"), "at")
+        state = await self.db.run(lambda s: benefits_store.customer_state(s, customer_id))
+        found = self.book.entitlements(customer_id, state.aum, at, state.usage)
+        return api.Entitlements(
+            customer_id=customer_id,
+            tier=found[0].tier if found else "",
+            aum=wire(state.aum),
+            aum_as_of=ts(state.as_of),
+            free_items=[
+                api.FreeItemEntitlement(
+                    campaign_id=f.campaign_id,
+                    offer_id=f.offer_id,
+                    item=f.item,
+                    per_year=f.per_year,
+                    used=f.used,
+                    left=f.left,
+                )
+                for e in found
+                for f in e.free_items
+            ],
+            available_now=[applied_to_api(a, self.book) for e in found for a in e.available_now],
+        )
+
+    async def SetCustomerAum(
+        self, request: api.SetCustomerAumRequest, context: grpc.aio.ServicerContext
+    ) -> api.CustomerAum:
+        customer_id = commands.required_text(request.customer_id, "customer_id")
+        aum = commands.amount(request.aum, "aum")
+        if aum is None:
+            raise InvalidArgument("aum", "is required")
+        if not request.HasField("as_of"):
+            raise InvalidArgument("as_of", "is required")
+        as_of = moment(request.as_of, True, "as_of")
+        return await self.db.run(lambda s: benefits_store.set_aum(s, customer_id, aum, as_of))
+
+
+_NO_USAGE = benefits_store.Usage({}, {})
