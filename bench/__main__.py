@@ -154,6 +154,22 @@ async def main(args: argparse.Namespace) -> int:
             earn.percentile(99) <= 50,
         ),
         (
+            f"QuoteDiscount over gRPC, concurrency {c}",
+            f"{quote.throughput:,.0f} calls/s",
+            f"empty gRPC call {empty.throughput:,.0f} calls/s",
+            f"{quote.throughput / empty.throughput:.2f}",
+            ">= 0.60",
+            quote.throughput / empty.throughput >= 0.60,
+        ),
+        (
+            f"QuoteDiscount p99 latency, concurrency {c}",
+            f"{quote.percentile(99):.1f} ms (p50 {quote.p50:.1f})",
+            f"empty call p99 {empty.percentile(99):.1f} ms",
+            f"{quote.percentile(99) / empty.percentile(99):.1f}x",
+            "<= 30 ms",
+            quote.percentile(99) <= 30,
+        ),
+        (
             "rules engine alone, 50-rule campaign",
             f"{engine:,.0f} evaluations/s",
             "target 10,000/s",
