@@ -370,36 +370,35 @@ class BenefitBook:
             candidate.amount = candidate.offer.discount.off(amount)
         exclusive.sort(key=lambda c: (-c.amount, -c.offer.priority, c.campaign.id, c.offer.id))
         remaining = amount
+
+        def take(candidate, no_discount: str) -> str | None:  # type: ignore[no-untyped-def]
+            """Apply one offer if it gives something within its budget; the reason if it blocks the quote."""
+            nonlocal remaining
+            if candidate.amount <= 0:
+                skipped.append((candidate.offer.id, no_discount))
+                return None
+            spent = _over_budget(candidate, usage)
+            if spent is not None:
+                skipped.append((candidate.offer.id, spent))
+                return f"{candidate.offer.id}: {spent}" if candidate.offer.on_exhausted == "fail" else None
+            applied.append(_applied(candidate.campaign, candidate.offer, candidate.amount, _detail(candidate)))
+            remaining -= candidate.amount
+            return None
+
         for candidate in exclusive:
             if applied:
                 skipped.append((candidate.offer.id, f"exclusive; {applied[0].offer_id} gives more"))
                 continue
-            if candidate.amount <= 0:
-                skipped.append((candidate.offer.id, "gives no discount on this amount"))
-                continue
-            spent = _over_budget(candidate, usage)
-            if spent is not None:
-                skipped.append((candidate.offer.id, spent))
-                if candidate.offer.on_exhausted == "fail":
-                    return [], f"{candidate.offer.id}: {spent}"
-                continue
-            applied.append(_applied(candidate.campaign, candidate.offer, candidate.amount, _detail(candidate)))
-            remaining -= candidate.amount
+            blocked = take(candidate, "gives no discount on this amount")
+            if blocked:
+                return [], blocked
         stacking.sort(key=lambda c: (-c.offer.priority, c.campaign.id, c.offer.id))
         for candidate in stacking:
             assert candidate.offer.discount is not None
             candidate.amount = candidate.offer.discount.off(remaining)
-            if candidate.amount <= 0:
-                skipped.append((candidate.offer.id, "gives no discount on the remaining amount"))
-                continue
-            spent = _over_budget(candidate, usage)
-            if spent is not None:
-                skipped.append((candidate.offer.id, spent))
-                if candidate.offer.on_exhausted == "fail":
-                    return [], f"{candidate.offer.id}: {spent}"
-                continue
-            applied.append(_applied(candidate.campaign, candidate.offer, candidate.amount, _detail(candidate)))
-            remaining -= candidate.amount
+            blocked = take(candidate, "gives no discount on the remaining amount")
+            if blocked:
+                return [], blocked
         return applied, None
 
     # -- entitlements --------------------------------------------------------------------------
