@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 # PostgreSQL SQLSTATEs worth a retry: serialization_failure, deadlock_detected.
 _RETRYABLE_PG_STATES = {"40001", "40P01"}
+# Reader connections beside SQLite's single writer; reads are short, two keep one core busy.
+_SQLITE_READERS = 2
 
 
 def normalize_url(url: str) -> URL:
@@ -60,25 +62,52 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+def _call_all(callbacks: list[Callable[[], None]]) -> None:
+    # The transaction has committed: a failing callback must not turn that into an error.
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("an after-commit callback failed")
+
+
+def _after_cancelled(work: asyncio.Future[tuple[Any, list[Callable[[], None]]]]) -> None:
+    if not work.cancelled() and work.exception() is None:
+        _call_all(work.result()[1])
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+_AFTER_COMMIT = "alliance.after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the unit of work `session` belongs to has committed (never if it rolls
+    back). Under `Database.run` it runs on the event loop, so it may touch the service's memory."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def _configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's lazy BEGIN.
+        # Let SQLAlchemy's "begin" event issue our BEGIN instead of pysqlite's lazy one.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front (no lock-upgrade deadlocks); readers take a WAL
+        # snapshot and never wait for writers.
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _is_retryable(error: DBAPIError) -> bool:
@@ -91,6 +120,9 @@ def _is_retryable(error: DBAPIError) -> bool:
 
 
 class Database:
+    """`run` for units that write, `read` for units that only read (on SQLite they get their own
+    connections, which read a snapshot beside the single writer instead of queueing behind it)."""
+
     def __init__(self, url: str, *, pool_size: int = 8, echo: bool = False) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
@@ -106,16 +138,48 @@ class Database:
             self.engine = create_engine(self.url, echo=echo, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
             workers = pool_size
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._read_engine, self._read_executor = self.engine, self._executor
+        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+            self._read_engine = create_engine(
+                self.url,
+                echo=echo,
+                connect_args={"check_same_thread": False},
+                pool_size=_SQLITE_READERS,
+                max_overflow=0,
+            )
+            _configure_sqlite(self._read_engine, read_only=True)
+            self._read_executor = ThreadPoolExecutor(max_workers=_SQLITE_READERS, thread_name_prefix="db-read")
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
     def run_sync(self, unit: Callable[[Session], T], *, attempts: int = 5) -> T:
         """Run `unit` in one transaction; commit if it returns, roll back if it raises."""
+        result, committed = self._run_unit(unit, attempts)
+        _call_all(committed)
+        return result
+
+    async def run(self, unit: Callable[[Session], T], *, attempts: int = 5) -> T:
+        """`run_sync` on a worker thread; `after_commit` callbacks then run on the event loop,
+        also when the caller was cancelled meanwhile (the worker commits regardless)."""
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, lambda: self._run_unit(unit, attempts))
+        try:
+            result, committed = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(_after_cancelled)
+            raise
+        _call_all(committed)
+        return result
+
+    def _run_unit(self, unit: Callable[[Session], T], attempts: int) -> tuple[T, list[Callable[[], None]]]:
         for attempt in range(1, attempts + 1):
             try:
-                with self.session() as session, session.begin():
-                    return unit(session)
+                with self.session() as session:
+                    with session.begin():
+                        result = unit(session)
+                    # Only the attempt that committed: a retried attempt's callbacks went with it.
+                    return result, session.info.pop(_AFTER_COMMIT, [])
             except DBAPIError as error:
                 if attempt == attempts or not _is_retryable(error):
                     raise
@@ -123,10 +187,20 @@ class Database:
                 time.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
 
-    async def run(self, unit: Callable[[Session], T], *, attempts: int = 5) -> T:
+    async def read(self, unit: Callable[[Session], T]) -> T:
+        """Run a unit that only reads, in one transaction (one consistent snapshot)."""
+        if self._read_engine is self.engine:
+            return await self.run(unit)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.run_sync(unit, attempts=attempts))
+        return await loop.run_in_executor(self._read_executor, lambda: self._read_sync(unit))
+
+    def _read_sync(self, unit: Callable[[Session], T]) -> T:
+        with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
+            return unit(session)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        if self._read_engine is not self.engine:
+            self._read_executor.shutdown(wait=True)
+            self._read_engine.dispose()

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 from services.foundation import migrations
 from services.foundation.bus import EventBus
 from services.foundation.db import Database
-from services.foundation.grpc_errors import DomainErrorInterceptor
+from services.foundation.grpc_errors import GuardedServer
 from services.foundation.settings import ServiceSettings
 
 log = logging.getLogger("alliance.host")
@@ -84,13 +84,13 @@ class ServiceHost:
         self._parts = parts = await self.build(runtime)
 
         server = grpc.aio.server(
-            interceptors=[DomainErrorInterceptor()],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             # A second server on the same port is an error, not a silent split of the traffic.
             options=[("grpc.so_reuseport", 0)],
         )
+        guarded = GuardedServer(server)
         for register in parts.register:
-            register(server)
+            register(guarded)  # type: ignore[arg-type]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [*parts.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)

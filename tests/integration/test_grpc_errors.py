@@ -1,4 +1,4 @@
-"""The error interceptor over a real grpc.aio server: domain errors keep their status and message,
+"""Guarded registration over a real grpc.aio server: domain errors keep their status and message,
 anything unexpected is INTERNAL with a reference, never UNKNOWN."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from services.foundation.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.foundation.grpc_errors import DomainErrorInterceptor
+from services.foundation.grpc_errors import GuardedServer
 
 RAISES = {
     "invalid": InvalidArgument("user_id", "is required"),
@@ -31,12 +31,15 @@ async def _stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIte
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
+    server = grpc.aio.server()
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
     }
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.T", handlers)])
+    guarded = GuardedServer(server)
+    # What generated add_*Servicer_to_server functions do: both registrations.
+    guarded.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.T", handlers)])
+    guarded.add_registered_method_handlers("t.T", handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
