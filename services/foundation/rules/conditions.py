@@ -14,7 +14,8 @@ Semantics worth knowing:
 - `ne` and `not_in` hold when the field is absent ("a fact without a product is not a credit
   card"); add `exists: true` to require it. durable_rules' own $neq is false on a missing field.
 - durable_rules compares a text value with a number as text ("10" > 5 is false, "abc" > 5 is
-  true), so callers should put numeric comparisons only on fields that carry numbers.
+  true), and not even consistently from one call to the next (see engine.py), so callers must put
+  numeric comparisons only on fields that carry numbers.
 - durable_rules fires a rule once per satisfied alternative of an $or, and refuses a fact that
   fires more than 64 times. The alternatives compiled here are mutually exclusive (`in` values
   are de-duplicated and of one type; `ne` splits absent/present), so each rule fires at most once.

@@ -18,7 +18,13 @@ The quirks of the C core this module contains (measured on durable-rules 2.0.28,
 - a negative pattern ($nex, ...) also matches the engine's own state object, which is re-asserted
   after each action: without a guard that loops forever. Every rule is ANDed with a marker field
   that only facts posted here carry;
-- a ruleset name cannot be registered twice, so every load gets a new name (name~serial#chunk).
+- a ruleset name cannot be registered twice, so every load gets a new name (name~serial#chunk);
+- a text value compared with a number ("7" against 7, "200" against amount >= 200) is answered
+  differently from one call to the next for the very same fact (measured with random facts, see
+  tests/unit/rules/test_rules_fact_keys.py): facts must carry numbers where rules compare numbers.
+
+Answers are remembered per ruleset (fact_keys.py): the engine's Python host costs tens of
+microseconds per fact, and a service's facts repeat.
 """
 
 from __future__ import annotations
@@ -37,9 +43,12 @@ from typing import Any
 import durable_rules_engine
 from durable import engine as durable
 
+from services.foundation.rules.fact_keys import FactKey, FactKeyFunction, fact_key_function
+
 logger = logging.getLogger("alliance.rules")
 
 MAX_FIRINGS_PER_RULESET = 64
+DEFAULT_MEMO_SIZE = 4096
 # Half of where the engine was measured to hang, because shared nodes make the count approximate.
 MAX_NODES_PER_RULESET = 256
 
@@ -67,13 +76,18 @@ class _Chunk:
 class CompiledRuleset:
     """A handle to rules registered in a Matcher; opaque apart from its name and rule ids."""
 
-    __slots__ = ("_chunks", "_removed", "name", "rule_ids")
+    __slots__ = ("_chunks", "_fact_key", "_memo", "_removed", "name", "rule_ids")
 
-    def __init__(self, name: str, rule_ids: tuple[str, ...], chunks: tuple[_Chunk, ...]) -> None:
+    def __init__(
+        self, name: str, rule_ids: tuple[str, ...], chunks: tuple[_Chunk, ...], fact_key: FactKeyFunction
+    ) -> None:
         self.name = name
         self.rule_ids = rule_ids
         self._chunks = chunks
         self._removed = False
+        self._fact_key = fact_key
+        # fact key -> the engine's answer; dies with the ruleset, so a reload never sees old answers
+        self._memo: dict[FactKey, tuple[str, ...]] = {}
 
     @property
     def engine_rulesets(self) -> int:
@@ -104,9 +118,14 @@ class _Host(durable.Host):
 
 
 class Matcher:
-    """Matches facts against named sets of rules. Thread-safe; cheap to share."""
+    """Matches facts against named sets of rules. Thread-safe; cheap to share.
 
-    def __init__(self) -> None:
+    Answers are remembered per ruleset for up to `memo_size` distinct facts, keyed so that facts
+    the rules cannot tell apart share an entry (see fact_keys.py); 0 asks the engine every time.
+    """
+
+    def __init__(self, memo_size: int = DEFAULT_MEMO_SIZE) -> None:
+        self._memo_size = memo_size
         self._actions: dict[str, Any] = {_WARMUP_ACTION: _ignore}
         self._host = _Host(self._actions)
         self._serial = itertools.count(1)
@@ -134,12 +153,19 @@ class Matcher:
                 for chunk in chunks:
                     self._drop(chunk)
                 raise ValueError(f"the rules engine refused {name}: {error}") from error
-        compiled = CompiledRuleset(name, ids, tuple(chunks))
+        compiled = CompiledRuleset(name, ids, tuple(chunks), fact_key_function([expr for _, expr in rules]))
         self._live.add(compiled)
         return compiled
 
     def match(self, compiled: CompiledRuleset, fact: Mapping[str, Any]) -> list[str]:
         """Ids of every rule `fact` satisfies, in the order the rules were given."""
+        key = compiled._fact_key(fact) if self._memo_size else None
+        if key is not None:
+            known = compiled._memo.get(key)
+            if known is not None:
+                if compiled._removed:
+                    raise RulesetRemovedError(compiled.name)
+                return list(known)
         payload = {key: value for key, value in fact.items() if key not in _RESERVED}
         payload[_FACT_MARKER] = 1
         fired: set[int] = set()
@@ -148,7 +174,16 @@ class Matcher:
                 raise RulesetRemovedError(compiled.name)
             for chunk in compiled._chunks:
                 fired.update(chunk.first + index for index in self._evaluate(chunk.name, payload))
-        return [compiled.rule_ids[index] for index in sorted(fired)]
+        matched = [compiled.rule_ids[index] for index in sorted(fired)]
+        if key is not None:
+            memo = compiled._memo
+            if len(memo) >= self._memo_size:
+                # Drop the oldest. Matches run on several threads; losing this race only means
+                # another entry went first.
+                with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+                    del memo[next(iter(memo))]
+            memo[key] = tuple(matched)
+        return matched
 
     def remove(self, compiled: CompiledRuleset) -> None:
         """Unregister; later match() calls on it raise RulesetRemovedError. Idempotent."""
