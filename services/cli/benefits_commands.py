@@ -1,14 +1,22 @@
 """`alliance benefits quote`: what a customer would pay at a merchant, from the campaign files
-alone. Reads no database, so no free items are counted as used and no budget as spent."""
+alone. Reads no database, so no free items are counted as used and no budget as spent.
+
+`alliance benefits entitlements CUSTOMER`: what a customer has, asked of a running points service
+(tier, AUM and its as-of time, free items used and left this year, offers available now)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from alliance.v1 import benefits_pb2 as api
+from alliance.v1 import benefits_pb2_grpc
 from services.foundation.rules.engine import Matcher
 from services.foundation.rules.errors import RuleFileError
 from services.points.benefits.model import percent
@@ -41,6 +49,18 @@ def add_benefits_parser(subparsers: Any) -> None:
     quote_cmd.add_argument("--customer", default="cli", help="customer id shown in the quote (default: cli)")
     quote_cmd.add_argument("--rules-dir", default="rules", help="the rules directory (default: rules)")
     quote_cmd.set_defaults(func=quote)
+
+    entitlements_cmd = commands.add_parser(
+        "entitlements",
+        help="a customer's tier, free items used and left this year, and offers now (running service)",
+        description="Ask a running points service (GetEntitlements) what a customer has.",
+    )
+    entitlements_cmd.add_argument("customer_id")
+    entitlements_cmd.add_argument(
+        "--address", default="127.0.0.1:50051", help="points service, gRPC (default %(default)s)"
+    )
+    entitlements_cmd.add_argument("--at", type=_moment, default=None, help="ISO date-time with offset (default: now)")
+    entitlements_cmd.set_defaults(func=entitlements)
 
 
 def _decimal(text: str) -> Decimal:
@@ -120,3 +140,27 @@ def print_quote(inp: QuoteInput, quote: Quote, book: BenefitBook) -> None:
         print(f"  {verdict} the public discount of {percent(quote.public_discount)} at this merchant")
     print(f"  {quote.explanation}")
     print("No database was read: free items count as unused and budgets as unspent. Nothing was written.")
+
+
+def entitlements(args: argparse.Namespace) -> int:
+    request = api.GetEntitlementsRequest(customer_id=args.customer_id)
+    if args.at is not None:
+        request.at.FromDatetime(args.at)
+    try:
+        with grpc.insecure_channel(args.address) as channel:
+            reply = benefits_pb2_grpc.BenefitsStub(channel).GetEntitlements(request, timeout=10)
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    aum = f"{reply.aum} CNY as of {reply.aum_as_of.ToJsonString()}" if reply.aum else "not reported (lowest tier)"
+    print(f"Customer {reply.customer_id}: tier {reply.tier or '-'}, AUM {aum}")
+    for item in reply.free_items:
+        print(
+            f"  free {item.item} ({item.campaign_id}/{item.offer_id}): "
+            f"{item.used} used, {item.left} left of {item.per_year} this year"
+        )
+    for offer in reply.available_now:
+        print(f"  now: {offer.offer_id} ({offer.campaign_id}): {offer.detail}")
+    if not reply.free_items and not reply.available_now:
+        print("  no benefits in force for this customer now")
+    return 0

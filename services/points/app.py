@@ -19,6 +19,7 @@ from services.foundation.rules.directory import RuleDirectory
 from services.points import customer_events, referral_events
 from services.points.benefits.quote import BenefitBook
 from services.points.benefits_api import BenefitsServicer
+from services.points.benefits_view import BenefitsView
 from services.points.campaigns.book import CampaignBook
 from services.points.campaigns.loader import load_campaign
 from services.points.expiry import ExpirySweeper
@@ -48,15 +49,16 @@ async def build(rt: Runtime) -> ServiceParts:
     )
     campaigns.poll()
     relay = OutboxRelay(rt.db, rt.bus)
+    view = BenefitsView(rt.db, ttl_seconds=settings.quote_cache_seconds, max_customers=settings.quote_cache_customers)
     servicer = PointsServicer(rt.db, book, relay.notify)
-    benefits_servicer = BenefitsServicer(rt.db, benefits, relay.notify)
+    benefits_servicer = BenefitsServicer(rt.db, benefits, view, relay.notify)
     aum_reports = EventConsumer(
         db=rt.db,
         bus=rt.bus,
         name="points-customer-aum",
         subject=customer_events.SUBJECT,
         message_type=customer_events_pb2.CustomerAumChanged,
-        handler=customer_events.on_aum_changed,
+        handler=customer_events.handler(view),
     )
     referrals = EventConsumer(
         db=rt.db,
@@ -82,7 +84,7 @@ async def build(rt: Runtime) -> ServiceParts:
             lambda server: benefits_pb2_grpc.add_BenefitsServicer_to_server(benefits_servicer, server),
         ],
         service_names=SERVICE_NAMES,
-        background=[relay.run, referrals.run, aum_reports.run, sweeper.run, watch_rules],
+        background=[relay.run, referrals.run, aum_reports.run, sweeper.run, watch_rules, view.run],
         on_bus_ready=[create_streams],
     )
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from sqlmodel import Session, select
 
@@ -28,8 +29,7 @@ SUBJECT_CLAIMED = "benefits.v1.claimed"
 QuoteToApi = Callable[[Quote, QuoteInput, "CustomerState"], api.Quote]
 
 
-@dataclass(frozen=True)
-class CustomerState:
+class CustomerState(NamedTuple):
     aum: Decimal | None
     as_of: datetime | None
     usage: Usage
@@ -93,7 +93,7 @@ def claim(session: Session, cmd: ClaimCommand, book: BenefitBook, to_api: QuoteT
         response.replayed = True
         return response
     state = customer_state(session, cmd.quote.customer_id, lock=True)
-    inp = QuoteInput(**{**cmd.quote.__dict__, "aum": state.aum})
+    inp = cmd.quote._replace(aum=state.aum)
     quote = book.quote(inp, state.usage)
     now = utcnow()
     if cmd.use_free_item:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from sqlmodel import Session
+
 from alliance.v1 import customer_events_pb2
+from services.foundation.db import after_commit
 from services.foundation.errors import InvalidArgument
-from services.foundation.inbox import Delivery, PermanentEventError, Unit
+from services.foundation.inbox import Delivery, Handler, PermanentEventError, Unit
 from services.points import benefits_store, commands
 from services.points.benefits_api import moment
+from services.points.benefits_view import BenefitsView
 
 SUBJECT = "customer.v1.aum_changed"
 
 
-async def on_aum_changed(delivery: Delivery[customer_events_pb2.CustomerAumChanged]) -> Unit:
-    event = delivery.event
+def handler(view: BenefitsView) -> Handler[customer_events_pb2.CustomerAumChanged]:
+    async def on_aum_changed(delivery: Delivery[customer_events_pb2.CustomerAumChanged]) -> Unit:
+        return aum_report(delivery.event, view)
+
+    return on_aum_changed
+
+
+def aum_report(event: customer_events_pb2.CustomerAumChanged, view: BenefitsView) -> Unit:
+    """The unit of work storing the report; quotes here see it once it commits."""
     try:
         customer_id = commands.required_text(event.customer_id, "customer_id")
         aum = commands.amount(event.aum, "aum")
@@ -23,4 +34,10 @@ async def on_aum_changed(delivery: Delivery[customer_events_pb2.CustomerAumChang
         as_of = moment(event.as_of, True, "as_of")
     except InvalidArgument as error:
         raise PermanentEventError(str(error)) from error
-    return lambda session: benefits_store.set_aum(session, customer_id, aum, as_of)
+
+    def unit(session: Session) -> object:
+        stored = benefits_store.set_aum(session, customer_id, aum, as_of)
+        after_commit(session, lambda: view.forget_customer(customer_id))
+        return stored
+
+    return unit

@@ -137,7 +137,7 @@ class CustomerAum(SQLModel, table=True):
     customer_id: str = Field(primary_key=True, max_length=64)
     aum_cents: int | None = Field(default=None, sa_type=BigInteger)  # None: never reported (lowest tier)
     as_of: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)  # change feed
 
 
 class BenefitClaim(SQLModel, table=True):
@@ -155,7 +155,7 @@ class BenefitClaim(SQLModel, table=True):
     discount_cents: int = Field(sa_type=BigInteger)
     response: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     claimed_at: datetime = Field(sa_type=UTCDateTime)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)  # change feed
 
 
 class FreeItemUsage(SQLModel, table=True):

@@ -120,9 +120,20 @@ async def test_peak_and_off_peak_boundaries(benefits, user: str, at: datetime, p
 
 
 async def test_alliance_discount_that_does_not_beat_the_public_one_is_flagged(benefits, user: str) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import REGISTRY
+
+    def counted() -> float:
+        sample = "alliance_quotes_not_beating_public_total"
+        return REGISTRY.get_sample_value(sample, {"merchant_id": "m-cheap"}) or 0.0
+
     await set_aum(benefits, user, "150000")
+    before = counted()
     reply = await benefits.QuoteDiscount(quote_request(user, merchant="m-cheap"))
     assert reply.final_amount == "40.00" and not reply.beats_public_discount
+    assert "does NOT beat the public discount" in reply.explanation
+    assert counted() == before + 1
+    assert (await benefits.QuoteDiscount(quote_request(user))).beats_public_discount
+    assert counted() == before + 1
 
 
 async def test_exactly_one_of_50_concurrent_claims_gets_the_last_free_ticket(benefits, user: str) -> None:  # type: ignore[no-untyped-def]
@@ -236,3 +247,26 @@ async def test_malformed_time_is_invalid_argument(benefits) -> None:  # type: ig
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await benefits.QuoteDiscount(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at" in caught.value.details()
+
+
+async def test_ops_cli_shows_a_customers_entitlements(benefits, points: PointsUnderTest, user: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from services.cli.benefits_commands import add_benefits_parser
+
+    await set_aum(benefits, user, "150000")
+    await benefits.ClaimBenefit(claim_request(user, free=True))
+    parser = argparse.ArgumentParser()
+    add_benefits_parser(parser.add_subparsers())
+    at = TUESDAY_EVENING.isoformat()
+    args = parser.parse_args(
+        ["benefits", "entitlements", user, "--address", f"127.0.0.1:{points.host.port}", "--at", at]
+    )
+    assert await asyncio.to_thread(args.func, args) == 0  # a blocking client: off the server's loop
+    out = capsys.readouterr().out
+    assert f"Customer {user}: tier gold, AUM 150000.00 CNY" in out
+    assert "free cinema-ticket (test-cinema/free-ticket): 1 used, 1 left of 2 this year" in out
+
+    args = parser.parse_args(["benefits", "entitlements", "", "--address", f"127.0.0.1:{points.host.port}"])
+    assert await asyncio.to_thread(args.func, args) == 1
+    assert "INVALID_ARGUMENT: customer_id" in capsys.readouterr().err

@@ -3,10 +3,11 @@ the peak/off-peak calendar, merchant data and the offers (discounts, free items,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 Period = Literal["peak", "off_peak"]
@@ -67,7 +68,10 @@ class Calendar:
     def period_at(self, moment: datetime, tz: tzinfo) -> Period:
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise ValueError(f"moment must carry a time zone, got {moment.isoformat()}")
-        local = moment.astimezone(tz)
+        return self.period_at_local(moment.astimezone(tz))
+
+    def period_at_local(self, local: datetime) -> Period:
+        """The period of a moment already in the campaign's time zone."""
         day = local.date()
         if day in self.holidays or any(r.contains(day) for r in self.dates):
             return "peak"
@@ -110,6 +114,11 @@ class Discount:
         return max(Decimal("0.00"), cents(amount) - self.apply(amount))
 
     def describe(self) -> str:
+        return self.text
+
+    @cached_property
+    def text(self) -> str:
+        """describe(), worked out once: quotes repeat it on every call."""
         if self.rate is not None:
             return f"{_percent(self.rate)} off"
         if self.amount_off is not None:
@@ -124,7 +133,9 @@ def _percent(fraction: Decimal) -> str:
     return f"{value:f}%"
 
 
+@lru_cache(maxsize=1024)
 def percent(fraction: Decimal) -> str:
+    """0.15 -> '15%' (cached: explanations print the same few rates on every quote)."""
     return _percent(fraction)
 
 
@@ -157,6 +168,11 @@ class Offer:
 
     def describe(self) -> str:
         """What the offer gives, for people: '50% off', 'free cinema-ticket', 'popcorn gift', ..."""
+        return self.text
+
+    @cached_property
+    def text(self) -> str:
+        """describe(), worked out once: quotes repeat it on every call."""
         if self.kind == "discount" and self.discount is not None:
             return self.discount.describe()
         if self.kind == "free_item" and self.free_item is not None:
@@ -189,11 +205,31 @@ class BenefitTerms:
                 chosen = tier
         return chosen
 
+    def __post_init__(self) -> None:
+        by_id = {offer.id: offer for offer in self.offers}
+        object.__setattr__(self, "_offers_by_id", by_id)
+        object.__setattr__(self, "categories", categories_of(self.offers))
+
     def offer(self, offer_id: str) -> Offer:
-        for offer in self.offers:
-            if offer.id == offer_id:
-                return offer
-        raise KeyError(offer_id)
+        return self._offers_by_id[offer_id]  # type: ignore[attr-defined,no-any-return]
 
     def tier_ids(self) -> tuple[str, ...]:
         return tuple(tier.id for tier in self.tiers)
+
+    # Set in __post_init__: the merchant categories some offer can match, or None when an offer
+    # does not name its categories (it may match any). Quotes skip campaigns that cannot apply.
+    categories: frozenset[str] | None = field(init=False, hash=False, compare=False, repr=False)
+
+
+def categories_of(offers: Sequence[Offer]) -> frozenset[str] | None:
+    """The merchant categories these offers name; None when one of them names none."""
+    found: set[str] = set()
+    for offer in offers:
+        spec = offer.when.get("category")
+        if isinstance(spec, str):
+            found.add(spec)
+        elif isinstance(spec, Mapping) and set(spec) == {"in"}:
+            found.update(str(value) for value in spec["in"])
+        else:
+            return None
+    return frozenset(found)

@@ -10,22 +10,33 @@ ones, never a mix.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from services.foundation.rules.conditions import compile_condition
 from services.foundation.rules.directory import report_rejection
 from services.foundation.rules.engine import CompiledRuleset, Matcher, RulesetRemovedError
 from services.foundation.rules.errors import RuleFileError
-from services.points.benefits.model import WEEKDAYS, Merchant, Offer, Period, cents, percent
+from services.points.benefits.model import (
+    WEEKDAYS,
+    BenefitTerms,
+    Merchant,
+    Offer,
+    Period,
+    categories_of,
+    cents,
+    percent,
+)
 from services.points.campaigns.loader import find_duplicate_ids
 from services.points.campaigns.model import Campaign
 
 ZERO = Decimal("0.00")
+R = TypeVar("R")
+_PERIOD_NAMES = {"peak": "peak", "off_peak": "off-peak"}
 _DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -33,8 +44,7 @@ class UnknownMerchant(ValueError):
     """The merchant is in no active campaign's merchant data and the request gave no category."""
 
 
-@dataclass(frozen=True)
-class QuoteInput:
+class QuoteInput(NamedTuple):
     customer_id: str
     merchant_id: str
     category: str | None  # wins over the merchant data when given
@@ -43,21 +53,20 @@ class QuoteInput:
     aum: Decimal | None  # CNY; None: unknown (the lowest tier)
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """What the database says is used up."""
 
     # (campaign_id, offer_id, year "2026") -> free items this customer used that calendar year
-    free_items_used: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    free_items_used: Mapping[tuple[str, str, str], int] = MappingProxyType({})
     # (campaign_id, offer_id) -> CNY of discount the offer has given so far, all customers
-    budget_spent: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)
+    budget_spent: Mapping[tuple[str, str], Decimal] = MappingProxyType({})
 
 
 NO_USAGE = Usage()
 
 
-@dataclass(frozen=True)
-class AppliedOffer:
+# Named tuples, not dataclasses: a quote builds several per call, and is the hottest path.
+class AppliedOffer(NamedTuple):
     campaign_id: str
     campaign_version: str
     offer_id: str
@@ -66,8 +75,7 @@ class AppliedOffer:
     detail: str
 
 
-@dataclass(frozen=True)
-class Quote:
+class Quote(NamedTuple):
     tier: str
     period: str
     category: str
@@ -82,8 +90,19 @@ class Quote:
     beats_public: bool
     explanation: str
     blocked_by: str | None = None  # the best offer's budget is spent and it says on_exhausted: fail
-    years: Mapping[str, int] = field(default_factory=dict)  # campaign id -> quota year of `at` (campaign tz)
+    years: Mapping[str, int] = MappingProxyType({})  # campaign id -> quota year of `at` (campaign tz)
     campaign_id: str | None = None  # the campaign whose tier/period the quote reports
+
+
+class PointsMultiplier(NamedTuple):
+    """A points_multiplier offer that holds for a purchase."""
+
+    campaign_id: str
+    campaign_version: str
+    offer_id: str
+    factor: Decimal
+    tier: str
+    period: str
 
 
 @dataclass(frozen=True)
@@ -138,11 +157,50 @@ class _Discounted:
     amount: Decimal
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Active:
+    """The campaigns of a snapshot in force from `since` until `until` (exclusive; None: for ever)."""
+
+    snapshot: _Snapshot
+    since: datetime
+    until: datetime | None
+    entries: tuple[_Entry, ...]
+    merchants: Mapping[str, Merchant]  # merchant id -> its data from the first campaign listing it
+    # Categories some points_multiplier offer names; None: an offer names none (any category).
+    multiplier_categories: frozenset[str] | None = frozenset()
+
+    def category_of(self, merchant_id: str, category: str | None) -> str | None:
+        """The purchase's category: as given, else the merchant's; None when neither is known."""
+        if category:
+            return category
+        merchant = self.merchants.get(merchant_id)
+        return merchant.category if merchant is not None else None
+
+    @classmethod
+    def at(cls, snapshot: _Snapshot, at: datetime) -> _Active:
+        entries = tuple(e for e in snapshot.ordered if e.campaign.is_active(at))
+        changes = [t for e in snapshot.ordered for t in (e.campaign.active_from, e.campaign.active_until) if t]
+        since = max((t for t in changes if t <= at), default=_EPOCH)
+        until = min((t for t in changes if t > at), default=None)
+        merchants: dict[str, Merchant] = {}
+        for entry in entries:
+            assert entry.campaign.benefits is not None
+            for merchant_id, merchant in entry.campaign.benefits.merchants.items():
+                merchants.setdefault(merchant_id, merchant)
+        offers = [o for e in entries if e.campaign.benefits for o in e.campaign.benefits.offers]
+        categories = categories_of([o for o in offers if o.kind == "points_multiplier"])
+        return cls(snapshot, since, until, entries, MappingProxyType(merchants), categories)
+
+
 class BenefitBook:
     def __init__(self, matcher: Matcher | None = None, name: str = "benefits") -> None:
         self._matcher = matcher or Matcher()
         self._name = name
         self._snapshot = _Snapshot()
+        self._active = _Active(self._snapshot, _EPOCH, _EPOCH, (), MappingProxyType({}))
         self._rejected: dict[str, RuleFileError] = {}
         self._replacing = threading.Lock()
 
@@ -219,38 +277,46 @@ class BenefitBook:
 
     def merchant(self, merchant_id: str, at: datetime) -> Merchant | None:
         """The merchant's data from the first active campaign (by priority) that lists it."""
-        for entry in self._snapshot.ordered:
-            benefits = entry.campaign.benefits
-            if benefits is not None and entry.campaign.is_active(at) and merchant_id in benefits.merchants:
-                return benefits.merchants[merchant_id]
-        return None
+        return self._active_at(self._snapshot, at).merchants.get(merchant_id)
+
+    def _on_current_snapshot(self, at: datetime, work: Callable[[_Snapshot], R]) -> R:
+        """`work` on the campaigns in force; again on the new ones if a reload removed its rules."""
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(f"at must carry a time zone, got {at.isoformat()}")
+        while True:
+            snapshot = self._snapshot
+            try:
+                return work(snapshot)
+            except RulesetRemovedError:
+                if self._snapshot is snapshot:
+                    raise
 
     # -- quote ---------------------------------------------------------------------------------
 
     def quote(self, inp: QuoteInput, usage: Usage = NO_USAGE) -> Quote:
         """What the customer pays and gets. Raises UnknownMerchant (a ValueError) when the merchant
         is unknown and the input has no category."""
-        if inp.at.tzinfo is None or inp.at.utcoffset() is None:
-            raise ValueError(f"at must carry a time zone, got {inp.at.isoformat()}")
-        while True:
-            snapshot = self._snapshot
-            try:
-                return self._quote(snapshot, inp, usage)
-            except RulesetRemovedError:
-                if self._snapshot is snapshot:
-                    raise
+        return self._on_current_snapshot(inp.at, lambda snapshot: self._quote(snapshot, inp, usage))
+
+    def _active_at(self, snapshot: _Snapshot, at: datetime) -> _Active:
+        """The campaigns in force at `at`, worked out once per stretch of time in which they stay
+        the same (quotes mostly ask about now)."""
+        known = self._active
+        if known.snapshot is snapshot and known.since <= at and (known.until is None or at < known.until):
+            return known
+        found = _Active.at(snapshot, at)
+        self._active = found
+        return found
 
     def _quote(self, snapshot: _Snapshot, inp: QuoteInput, usage: Usage) -> Quote:
-        active = [e for e in snapshot.ordered if e.campaign.is_active(inp.at)]
-        merchant = next(
-            (e.campaign.benefits.merchants[inp.merchant_id] for e in active if _lists(e.campaign, inp.merchant_id)),
-            None,
-        )
+        in_force = self._active_at(snapshot, inp.at)
+        active = in_force.entries
+        merchant = in_force.merchants.get(inp.merchant_id)
         if merchant is None and not inp.category:
             raise UnknownMerchant(
                 f"merchant '{inp.merchant_id}' is in no active campaign's merchant list; give its category"
             )
-        category = inp.category or (merchant.category if merchant else "")
+        category = in_force.category_of(inp.merchant_id, inp.category) or ""
         amount = cents(inp.amount)
         public = merchant.public_discount if merchant is not None else None
 
@@ -260,25 +326,16 @@ class BenefitBook:
         extras: list[AppliedOffer] = []
         skipped: list[tuple[str, str]] = []
         years: dict[str, int] = {}
-        contexts: dict[str, tuple[str, Period]] = {}
+        contexts: dict[str, tuple[str, Period, int]] = {}  # campaign id -> tier, period, local weekday
         for entry in active:
+            found = self._match(entry, inp, category, amount)
+            if found is None:
+                continue
             campaign = entry.campaign
-            terms = campaign.benefits
-            assert terms is not None
-            local = inp.at.astimezone(campaign.timezone)
+            terms, local, tier, period, offer_ids = found
             years[campaign.id] = local.year
-            tier = terms.tier_for(inp.aum).id
-            period = terms.calendar.period_at(inp.at, campaign.timezone)
-            contexts[campaign.id] = (tier, period)
-            fact: dict[str, Any] = {
-                "category": category,
-                "merchant_id": inp.merchant_id,
-                "tier": tier,
-                "period": period,
-                "amount": float(amount),
-                "weekday": WEEKDAYS[local.weekday()],
-            }
-            for offer_id in self._matcher.match(entry.compiled, fact):
+            contexts[campaign.id] = (tier, period, local.weekday())
+            for offer_id in offer_ids:
                 offer = terms.offer(offer_id)
                 if offer.kind == "discount":
                     (stacking if offer.stacking == "stack" else exclusive).append(_Discounted(campaign, offer, ZERO))
@@ -299,16 +356,17 @@ class BenefitBook:
                             (-offer.priority, -(allowance - used), campaign, offer, allowance - used, allowance)
                         )
                 else:
-                    extras.append(_applied(campaign, offer, ZERO, offer.describe()))
+                    extras.append(_applied(campaign, offer, ZERO, offer.text))
 
         applied, blocked_by = self._discounts(amount, exclusive, stacking, usage, skipped)
         discount_total = sum((a.discount_amount for a in applied), ZERO)
         final = amount - discount_total
         floor_note = ""
+        by_id = {e.campaign.id: e.campaign.benefits for e in active}
         floors = [
-            c.benefits.floor_price
-            for c in {a.campaign_id: self.get(a.campaign_id) for a in applied}.values()
-            if c is not None and c.benefits is not None and c.benefits.floor_price is not None
+            terms.floor_price
+            for terms in (by_id[campaign_id] for campaign_id in {a.campaign_id for a in applied})
+            if terms is not None and terms.floor_price is not None
         ]
         if floors:
             floor = cents(max(floors))
@@ -330,12 +388,14 @@ class BenefitBook:
             detail = f"free {offer.free_item.item}: {free_left} of {allowance} left in {year}"
             free_item = _applied(campaign, offer, ZERO, detail)
 
-        primary = _primary(applied, free_item, extras, active)
-        tier, period = contexts.get(primary, ("", "off_peak")) if primary else ("", "off_peak")
+        primary = _primary(applied, free_item, extras, [*contexts, *(e.campaign.id for e in active)])
+        tier, period, weekday = "", "off_peak", 0
+        if primary is not None:
+            tier, period, weekday = contexts.get(primary) or _context_of(active, primary, inp)
         # The effective rate must exceed what the public gets anyway.
         beats = public is None or (amount > 0 and discount_total / amount > public)
         explanation = _explain(
-            tier, period, inp.at, active, primary, category, applied, free_item, extras, public, beats, blocked_by
+            tier, period, weekday, primary, category, applied, free_item, extras, public, beats, blocked_by
         )
         return Quote(
             tier=tier,
@@ -355,6 +415,69 @@ class BenefitBook:
             years=MappingProxyType(years),
             campaign_id=primary,
         )
+
+    def _match(
+        self, entry: _Entry, inp: QuoteInput, category: str, amount: Decimal
+    ) -> tuple[BenefitTerms, datetime, str, Period, list[str]] | None:
+        """The campaign's offers that hold for this purchase, with the local time, tier and period
+        they were decided on; None when no offer of the campaign is for this category."""
+        terms = entry.campaign.benefits
+        assert terms is not None
+        if terms.categories is not None and category not in terms.categories:
+            return None
+        local = inp.at.astimezone(entry.campaign.timezone)
+        tier, period = _context(terms, inp.aum, local)
+        fact: dict[str, Any] = {
+            "category": category,
+            "merchant_id": inp.merchant_id,
+            "tier": tier,
+            "period": period,
+            "amount": float(amount),
+            "weekday": WEEKDAYS[local.weekday()],
+        }
+        return terms, local, tier, period, self._matcher.match(entry.compiled, fact)
+
+    # -- points multipliers --------------------------------------------------------------------
+
+    def multiplier_possible(self, merchant_id: str, category: str | None, at: datetime) -> bool:
+        """Whether any points_multiplier offer in force could apply at this merchant or category,
+        whatever the customer's tier: when not, Earn need not look up the customer."""
+        in_force = self._active_at(self._snapshot, at)
+        if in_force.multiplier_categories is None:
+            return True
+        found = in_force.category_of(merchant_id, category)
+        return found is not None and found in in_force.multiplier_categories
+
+    def points_multiplier(self, inp: QuoteInput) -> PointsMultiplier | None:
+        """The multiplier offer for points earned on this purchase: of those that hold, the highest
+        factor (then priority, then campaign and offer id). Multipliers never compound. None when
+        none holds or the merchant is unknown and no category is given."""
+        return self._on_current_snapshot(inp.at, lambda snapshot: self._points_multiplier(snapshot, inp))
+
+    def _points_multiplier(self, snapshot: _Snapshot, inp: QuoteInput) -> PointsMultiplier | None:
+        in_force = self._active_at(snapshot, inp.at)
+        active = in_force.entries
+        category = in_force.category_of(inp.merchant_id, inp.category)
+        if category is None:
+            return None
+        best: tuple[tuple[Decimal, int, str, str], PointsMultiplier] | None = None
+        for entry in active:
+            found = self._match(entry, inp, category, cents(inp.amount))
+            if found is None:
+                continue
+            terms, _, tier, period, offer_ids = found
+            for offer_id in offer_ids:
+                offer = terms.offer(offer_id)
+                if offer.kind != "points_multiplier" or offer.multiplier is None:
+                    continue
+                campaign = entry.campaign
+                rank = (-offer.multiplier, -offer.priority, campaign.id, offer.id)
+                if best is None or rank < best[0]:
+                    best = (
+                        rank,
+                        PointsMultiplier(campaign.id, campaign.version, offer.id, offer.multiplier, tier, period),
+                    )
+        return best[1] if best is not None else None
 
     @staticmethod
     def _discounts(
@@ -441,7 +564,7 @@ class BenefitBook:
                 if _holds_partly(offer.when, fact):
                     if offer.free_item is not None and offer.free_item.allowance(tier) <= 0:
                         continue
-                    available.append(_applied(campaign, offer, ZERO, offer.describe()))
+                    available.append(_applied(campaign, offer, ZERO, offer.text))
             result.append(Entitlement(campaign, tier, period, tuple(free_items), tuple(available)))
         return result
 
@@ -449,8 +572,16 @@ class BenefitBook:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _lists(campaign: Campaign, merchant_id: str) -> bool:
-    return campaign.benefits is not None and merchant_id in campaign.benefits.merchants
+def _context(terms: BenefitTerms, aum: Decimal | None, local: datetime) -> tuple[str, Period]:
+    """The customer's tier and the period, at `local` (the campaign's time zone)."""
+    return terms.tier_for(aum).id, terms.calendar.period_at_local(local)
+
+
+def _context_of(active: Sequence[_Entry], campaign_id: str, inp: QuoteInput) -> tuple[str, Period, int]:
+    campaign = next(e.campaign for e in active if e.campaign.id == campaign_id)
+    assert campaign.benefits is not None
+    local = inp.at.astimezone(campaign.timezone)
+    return (*_context(campaign.benefits, inp.aum, local), local.weekday())
 
 
 def _applied(campaign: Campaign, offer: Offer, amount: Decimal, detail: str) -> AppliedOffer:
@@ -459,7 +590,7 @@ def _applied(campaign: Campaign, offer: Offer, amount: Decimal, detail: str) -> 
 
 def _detail(candidate: _Discounted) -> str:
     assert candidate.offer.discount is not None
-    text = candidate.offer.discount.describe()
+    text = candidate.offer.discount.text
     if candidate.offer.discount.price is not None:
         text += f" ({candidate.amount} CNY off)"
     return text
@@ -506,18 +637,19 @@ def _clamp(
 
 
 def _primary(
-    applied: list[AppliedOffer], free_item: AppliedOffer | None, extras: list[AppliedOffer], active: list[_Entry]
+    applied: list[AppliedOffer], free_item: AppliedOffer | None, extras: list[AppliedOffer], candidates: list[str]
 ) -> str | None:
+    """The campaign the quote reports: the one that gave something, else the first that could
+    have (`candidates`: campaigns for this category first, then the other active ones)."""
     for offer in [*applied, *([free_item] if free_item else []), *extras]:
         return offer.campaign_id
-    return active[0].campaign.id if active else None
+    return candidates[0] if candidates else None
 
 
 def _explain(
     tier: str,
     period: str,
-    at: datetime,
-    active: list[_Entry],
+    weekday: int,  # in the primary campaign's time zone
     primary: str | None,
     category: str,
     applied: list[AppliedOffer],
@@ -529,9 +661,7 @@ def _explain(
 ) -> str:
     if primary is None:
         return f"{category}: no campaign with benefits is active"
-    campaign = next(e.campaign for e in active if e.campaign.id == primary)
-    day = _DAY_NAMES[at.astimezone(campaign.timezone).weekday()]
-    head = f"{tier} tier, {period.replace('_', '-')} {day}, {category}: "
+    head = f"{tier} tier, {_PERIOD_NAMES.get(period, period)} {_DAY_NAMES[weekday]}, {category}: "
     if blocked_by:
         parts = [f"blocked: {blocked_by}"]
     else:

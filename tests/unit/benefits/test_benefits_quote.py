@@ -350,3 +350,45 @@ def test_example_supermarket(examples: BenefitBook) -> None:
     gold = q(examples, merchant="m-market-02", amount="260", at=TUESDAY)
     assert [a.offer_id for a in gold.applied] == ["basket-20-off", "basket-gold-extra"]
     assert gold.final_amount == Decimal("228.00") and gold.beats_public is True and gold.extras == ()
+
+
+def test_an_offer_without_a_category_applies_at_any_merchant(make_book) -> None:  # type: ignore[no-untyped-def]
+    # Quotes skip campaigns none of whose offers name the purchase's category; an offer that names
+    # no category keeps its campaign in play for every category.
+    everywhere = "    - id: gold-gift\n      when: {tier: gold}\n      gift: {item: umbrella}\n"
+    book = make_book(campaign_text(OFFERS + everywhere))
+    hotel = q(book, merchant="m-hotel", category="hotel")
+    assert [e.offer_id for e in hotel.extras] == ["gold-gift"] and hotel.tier == "gold"
+    only_cinema = make_book(campaign_text(OFFERS, id="cinema-only"))
+    nothing = q(only_cinema, merchant="m-hotel", category="hotel")
+    assert not nothing.applied and not nothing.extras and nothing.tier == "gold"
+    assert "hotel" in nothing.explanation
+
+
+def multiplier(book: BenefitBook, *, at: datetime = TUESDAY, aum: Decimal | None = GOLD, merchant: str = "m-cinema-01"):  # type: ignore[no-untyped-def]
+    return book.points_multiplier(QuoteInput("c-1", merchant, None, Decimal("80"), at, aum))
+
+
+def test_points_multiplier_follows_the_offer_conditions(make_book) -> None:  # type: ignore[no-untyped-def]
+    book = make_book(campaign_text())
+    found = multiplier(book)
+    assert found is not None and (found.offer_id, found.factor, found.period) == ("double-points", 2, "off_peak")
+    assert multiplier(book, at=SATURDAY) is None  # the offer is off-peak only
+    assert multiplier(book, merchant="m-unknown") is None  # no category to go on: no multiplier, no error
+
+
+def test_the_highest_multiplier_wins_and_multipliers_do_not_compound(make_book) -> None:  # type: ignore[no-untyped-def]
+    triple = "    - id: triple-gold\n      when: {category: cinema, tier: gold}\n      points_multiplier: 3\n"
+    book = make_book(campaign_text(OFFERS + triple), campaign_text(id="other", priority=5))
+    found = multiplier(book)
+    assert found is not None and (found.offer_id, found.factor) == ("triple-gold", 3)
+    assert multiplier(book, aum=Decimal(60000)).factor == 2  # silver: only the doubles hold
+
+
+def test_earn_looks_up_the_customer_only_where_a_multiplier_could_apply(make_book) -> None:  # type: ignore[no-untyped-def]
+    book = make_book(campaign_text())
+    assert book.multiplier_possible("m-cinema-01", None, SATURDAY)  # a cinema: double-points exists
+    assert not book.multiplier_possible("m-market", "supermarket", TUESDAY)
+    assert not book.multiplier_possible("m-unknown", None, TUESDAY)
+    anywhere = "    - id: triple-all\n      when: {tier: gold}\n      points_multiplier: 3\n"
+    assert make_book(campaign_text(OFFERS + anywhere, id="any")).multiplier_possible("m-x", "hotel", TUESDAY)
