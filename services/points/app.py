@@ -25,6 +25,7 @@ from services.points.campaigns.loader import load_campaign
 from services.points.expiry import ExpirySweeper
 from services.points.grpc_api import PointsServicer
 from services.points.settings import PointsSettings
+from services.points.spend_multipliers import SpendMultipliers
 
 NAME = "points"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -50,7 +51,7 @@ async def build(rt: Runtime) -> ServiceParts:
     campaigns.poll()
     relay = OutboxRelay(rt.db, rt.bus)
     view = BenefitsView(rt.db, ttl_seconds=settings.quote_cache_seconds, max_customers=settings.quote_cache_customers)
-    servicer = PointsServicer(rt.db, book, relay.notify)
+    servicer = PointsServicer(rt.db, book, relay.notify, SpendMultipliers(benefits, view))
     benefits_servicer = BenefitsServicer(rt.db, benefits, view, relay.notify)
     aum_reports = EventConsumer(
         db=rt.db,

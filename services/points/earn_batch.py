@@ -37,7 +37,7 @@ from services.points.models import (
     PointsAccount,
     PointsTransaction,
 )
-from services.points.stamps import new_id, ts
+from services.points.stamps import new_id, ts, ts_fields
 
 SUBJECT_AWARDED = "points.v1.awarded"
 
@@ -162,15 +162,15 @@ def _decide(
                 "created_at": now,
             }
         )
-        response.awards.append(
-            api.Award(
-                campaign_id=campaign.id,
-                rule_id=candidate.rule_id,
-                rule_version=candidate.campaign_version,
-                points=allowed.points,
-                expires_at=ts(candidate.expires_at),
-                limited_by=allowed.limited_by,
-            )
+        response.awards.add(
+            campaign_id=campaign.id,
+            rule_id=candidate.rule_id,
+            rule_version=candidate.campaign_version,
+            points=allowed.points,
+            expires_at=ts_fields(candidate.expires_at),
+            limited_by=allowed.limited_by,
+            multiplier="" if candidate.multiplier is None else f"{candidate.multiplier.normalize():f}",
+            multiplier_offer=candidate.multiplier_offer,
         )
         if allowed.limited_by:
             response.notices.append(f"{campaign.id}/{candidate.rule_id}: {allowed.limited_by}")

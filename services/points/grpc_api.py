@@ -17,6 +17,7 @@ from services.points import commands, ledger
 from services.points.campaigns.book import CampaignBook, EarnEvent
 from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
 from services.points.earn_batch import EarnItem, earn_many
+from services.points.spend_multipliers import SpendMultipliers
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -42,10 +43,17 @@ def evaluate(book: CampaignBook, cmd: EarnCommand) -> list:  # type: ignore[type
 
 
 class PointsServicer(points_pb2_grpc.PointsServicer):
-    def __init__(self, db: Database, book: CampaignBook, on_commit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        book: CampaignBook,
+        on_commit: Callable[[], None],
+        multipliers: SpendMultipliers | None = None,
+    ) -> None:
         self.db = db
         self.book = book
         self.on_commit = on_commit  # wakes the outbox relay
+        self.multipliers = multipliers
         self.earns: MicroBatcher[EarnItem, api.EarnResponse] = MicroBatcher(self._earn_batch, name="earn")
 
     async def _earn_batch(self, items: Sequence[EarnItem]) -> Sequence[api.EarnResponse | DomainError]:
@@ -56,7 +64,10 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
 
     async def Earn(self, request: api.EarnRequest, context: grpc.aio.ServicerContext) -> api.EarnResponse:
         cmd = earn_command(request)
-        return await self.earns.submit(EarnItem(cmd, evaluate(self.book, cmd)))
+        candidates = evaluate(self.book, cmd)
+        if self.multipliers is not None:
+            candidates = await self.multipliers.apply(cmd, candidates)
+        return await self.earns.submit(EarnItem(cmd, candidates))
 
     async def Redeem(self, request: api.RedeemRequest, context: grpc.aio.ServicerContext) -> api.RedeemResponse:
         cmd = RedeemCommand(

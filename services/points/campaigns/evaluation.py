@@ -42,6 +42,9 @@ class Candidate:
     points: int
     expires_at: datetime | None  # UTC; None: never
     campaign: Campaign = field(repr=False, compare=False)
+    # Set when a benefits offer multiplied `points` (see services/points/spend_multipliers.py).
+    multiplier: Decimal | None = None
+    multiplier_offer: str = ""
 
 
 @dataclass(frozen=True)
