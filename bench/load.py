@@ -16,6 +16,16 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float]
 
+    @classmethod
+    def combine(cls, parts: list[LoadResult]) -> LoadResult:
+        """Several measured windows as one."""
+        return cls(
+            sum(p.calls for p in parts),
+            sum(p.errors for p in parts),
+            sum(p.seconds for p in parts),
+            [latency for p in parts for latency in p.latencies_ms],
+        )
+
     @property
     def throughput(self) -> float:
         return self.calls / self.seconds
