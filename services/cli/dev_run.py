@@ -28,13 +28,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--var", default="var", help="where data and logs go (default %(default)s)")
     run.add_argument("--rules-dir", default="rules", help="rule files (default %(default)s)")
     run.add_argument("--nats-port", type=int, default=DEV_NATS_PORT, help="embedded NATS port (default %(default)s)")
+    run.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        help="added to every service's gRPC and metrics port, to run a second suite beside the first (default 0)",
+    )
     run.set_defaults(func=run_suite)
 
 
 def run_suite(args: argparse.Namespace) -> int:
     var = Path(args.var).resolve()
     var.mkdir(parents=True, exist_ok=True)
-    nats = EmbeddedNats(var / "nats", port=args.nats_port)
+    # Ctrl-C reaches the services straight from the terminal; NATS is stopped here, after them,
+    # so that they can still publish what their outboxes hold while they drain.
+    nats = EmbeddedNats(var / "nats", port=args.nats_port, own_session=True)
     print(f"starting NATS (JetStream) on {nats.url}, data in {var / 'nats'}", flush=True)
     nats.start()
     children: list[subprocess.Popen[bytes]] = []
@@ -48,7 +56,7 @@ def run_suite(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         for name in SERVICES:
-            grpc_port, metrics_port = PORTS[name]
+            grpc_port, metrics_port = (port + args.port_offset for port in PORTS[name])
             env = {
                 **os.environ,
                 "NATS_URL": nats.url,

@@ -126,7 +126,11 @@ class EventBus:
         log.warning("NATS error", extra={"error": repr(error)})
 
     async def _on_disconnected(self) -> None:
-        log.warning("NATS disconnected")
+        # nats.py reports our own close() as a disconnect too; only a lost connection is a warning.
+        if self._closing:
+            log.info("NATS connection closed")
+        else:
+            log.warning("NATS disconnected")
 
     async def _on_reconnected(self) -> None:
         log.info("NATS reconnected")

@@ -29,9 +29,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedNats:
-    def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1", own_session: bool = False
+    ) -> None:
+        """own_session: keep the server out of the caller's process group, so a terminal's Ctrl-C
+        (sent to the whole foreground group) does not stop it before the services that use it
+        have drained; the caller stops it with stop()."""
         self.data_dir = Path(data_dir)
         self.host = host
+        self.own_session = own_session
         self.port = port or free_port(host)
         self.monitor_port = free_port(host)
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,6 +64,7 @@ class EmbeddedNats:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.own_session,
         )
         deadline = time.monotonic() + timeout
         health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
