@@ -71,6 +71,10 @@ def add_event(session: Session, subject: str, message: Message, *, headers: dict
     return str(row["event_id"])
 
 
+# How long the drain on shutdown may take; it must fit in the host's shutdown grace.
+FINAL_FLUSH_SECONDS = 5.0
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -108,12 +112,17 @@ class OutboxRelay:
             if published < self.batch_size:
                 self._wake.clear()
                 await wait_or_stop(asyncio.wait_for(self._wake.wait(), self.idle_seconds), stop)
-        # A last pass on shutdown, so events committed by the final calls are not left waiting.
+        # Drain on shutdown, so events committed by the final calls are not left waiting for the
+        # next start. The final calls can leave more than one batch.
         try:
             if self.bus.ready.is_set():
-                await asyncio.wait_for(self.relay_once(), 5)
+                await asyncio.wait_for(self._drain(), FINAL_FLUSH_SECONDS)
         except Exception as error:
             log.warning("final outbox flush failed; events stay queued", extra={"error": repr(error)})
+
+    async def _drain(self) -> None:
+        while await self.relay_once() == self.batch_size:
+            pass
 
     async def relay_once(self) -> int:
         rows = await self.db.run(self._pending)
