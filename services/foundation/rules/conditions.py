@@ -24,7 +24,7 @@ Semantics worth knowing:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from services.foundation.rules.errors import Path, format_path
@@ -61,6 +61,22 @@ def compile_condition(when: Mapping[str, Any]) -> Expression:
         _check_field(field)
         clauses.extend(_field_clauses(field, spec))
     return all_of(clauses)
+
+
+def values_pinned(conditions: Iterable[Mapping[str, Any]], field: str) -> frozenset[str] | None:
+    """Every value `field` can have for one of these `when` conditions to hold, when each pins it
+    (`field: x` or `field: {in: [...]}`); None when one does not (it may hold for any value).
+    Callers skip whole rule sets that cannot apply, without asking the engine."""
+    found: set[str] = set()
+    for when in conditions:
+        spec = when.get(field)
+        if isinstance(spec, str):
+            found.add(spec)
+        elif isinstance(spec, Mapping) and set(spec) == {"in"}:
+            found.update(str(value) for value in spec["in"])
+        else:
+            return None
+    return frozenset(found)
 
 
 def all_of(clauses: list[Expression]) -> Expression:

@@ -10,6 +10,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property, lru_cache
 from typing import Any, Literal
 
+from services.foundation.rules.conditions import values_pinned
+
 Period = Literal["peak", "off_peak"]
 OfferKind = Literal["discount", "free_item", "points_multiplier", "gift", "lottery"]
 OfferStacking = Literal["exclusive", "stack"]
@@ -223,13 +225,4 @@ class BenefitTerms:
 
 def categories_of(offers: Sequence[Offer]) -> frozenset[str] | None:
     """The merchant categories these offers name; None when one of them names none."""
-    found: set[str] = set()
-    for offer in offers:
-        spec = offer.when.get("category")
-        if isinstance(spec, str):
-            found.add(spec)
-        elif isinstance(spec, Mapping) and set(spec) == {"in"}:
-            found.update(str(value) for value in spec["in"])
-        else:
-            return None
-    return frozenset(found)
+    return values_pinned((offer.when for offer in offers), "category")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-from services.foundation.rules.conditions import compile_condition
+from services.foundation.rules.conditions import compile_condition, values_pinned
 from services.foundation.rules.directory import report_rejection
 from services.foundation.rules.engine import CompiledRuleset, Matcher, RulesetRemovedError
 from services.foundation.rules.errors import RuleFileError
@@ -45,16 +45,7 @@ class _Entry:
 def event_types_of(campaign: Campaign) -> frozenset[str] | None:
     if campaign.points is None:
         return frozenset()
-    types: set[str] = set()
-    for rule in campaign.points.rules:
-        condition = rule.when.get("event")
-        if isinstance(condition, str):
-            types.add(condition)
-        elif isinstance(condition, Mapping) and set(condition) == {"in"}:
-            types.update(str(value) for value in condition["in"])
-        else:
-            return None
-    return frozenset(types)
+    return values_pinned((rule.when for rule in campaign.points.rules), "event")
 
 
 @dataclass(frozen=True)

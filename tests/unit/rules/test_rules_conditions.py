@@ -106,3 +106,13 @@ def test_bad_conditions_name_the_sub_path(when: dict, path: tuple, reason: str) 
     assert caught.value.path == path
     assert reason in caught.value.reason
     assert isinstance(caught.value, ValueError)
+
+
+def test_values_pinned_lists_what_every_condition_pins_or_none() -> None:
+    from services.foundation.rules.conditions import values_pinned
+
+    pinned = [{"category": "cinema", "tier": "gold"}, {"category": {"in": ["hotel", "cinema"]}}]
+    assert values_pinned(pinned, "category") == frozenset({"cinema", "hotel"})
+    assert values_pinned([], "category") == frozenset()  # no condition: nothing can apply
+    assert values_pinned([*pinned, {"tier": "gold"}], "category") is None  # one holds for any category
+    assert values_pinned([{"category": {"ne": "cinema"}}], "category") is None  # not a list of values
