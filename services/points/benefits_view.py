@@ -4,18 +4,23 @@ QuoteDiscount is the hot read of the alliance (every payment at a partner mercha
 writes nothing, so it must not queue behind ledger writes for rows that rarely change. This view
 answers from memory:
 
-- a customer seen for the first time is loaded before the quote (customers first seen together
-  are read together);
-- after a write by this process (a claim, an AUM report by RPC or event) the entry is dropped once
-  the write has committed, so this process's quotes see its own writes at once;
+- when every customer on file fits in `max_customers`, all of them are held (`sync`, at start and
+  every SAFETY_AGE): a customer not held then has nothing on file, and no quote waits for a read.
+  Many quotes are a customer's first at this replica, so this is what makes them cheap;
+- otherwise a customer seen for the first time is loaded before the quote (customers first seen
+  together are read together);
+- after a write by this process (a claim, an AUM report by RPC or event) the entry is dropped, or
+  marked stale while all customers are held, once the write has committed, so this process's
+  quotes see its own writes at once;
 - writes by other replicas come through a change feed: every `ttl_seconds`, `run` asks the
   database which customers got a claim or an AUM report since the last look, reloads those it
-  holds, and reloads the offer budgets. That bounds how long a quote here may miss another
-  replica's write to about `ttl_seconds`, at a cost that does not grow with the customers held.
-  The look overlaps the previous one by FEED_OVERLAP, for transactions that committed late and
-  for clocks that differ between replicas; as a last resort an entry older than SAFETY_AGE is
-  reloaded before its quote. Serving memory is safe because a quote only advises: ClaimBenefit
-  decides on the rows it locks, never on this view.
+  holds (all of them while all customers are held), and reloads the offer budgets. That bounds how
+  long a quote here may miss another replica's write to about `ttl_seconds`, at a cost that does
+  not grow with the customers held. The look overlaps the previous one by FEED_OVERLAP, for
+  transactions that committed late and for clocks that differ between replicas; as a last resort
+  an entry older than SAFETY_AGE is reloaded before its quote (while all customers are held, the
+  periodic `sync` is that resort). Serving memory is safe because a quote only advises:
+  ClaimBenefit decides on the rows it locks, never on this view.
 
 A load that raced a write (it may have read the rows before the write committed) is used by the
 quotes that were waiting for it but is not kept.
@@ -46,6 +51,8 @@ log = logging.getLogger("alliance.points.benefits_view")
 Budgets = dict[tuple[str, str], Decimal]
 CustomerRow = tuple[Decimal | None, datetime | None, dict[tuple[str, str, str], int]]
 _NEVER: CustomerRow = (None, None, {})
+# The load time of an entry a write at this replica made stale: it is read again before its next quote.
+_STALE = float("-inf")
 # Customers per read (an IN list). 500 took 4 ms holding the GIL, a visible bump in quote latency;
 # 100 take 1.4 ms, and the event loop runs between batches.
 RELOAD_BATCH = 100
@@ -81,6 +88,10 @@ class BenefitsView:
         self._written: dict[str, int] = {}
         self._in_flight = 0
         self.loads = 0  # database round trips, for tests
+        # True while every customer on file is held: a customer not held has nothing on file.
+        self.whole = False
+        self._syncing = False
+        self._overflowed = False  # a customer was dropped for room since the sync began
         # Customers first seen at the same moment (opening time, a replica just started) are read
         # together: one query for all of them rather than one each, queueing for the GIL.
         self._reads: MicroBatcher[str, CustomerRow] = MicroBatcher(
@@ -92,20 +103,20 @@ class BenefitsView:
     def state_now(self, customer_id: str) -> CustomerState | None:
         """The state from memory without waiting, or None when it must be loaded (then `state`)."""
         now = self.clock()
-        cached = self._customers.get(customer_id)
         budgets = self._budgets
-        if cached is None or budgets is None or now - cached[0] >= self.safety_age or now - budgets[0] >= 2 * self.ttl:
+        if budgets is None or now - budgets[0] >= 2 * self.ttl:
             return None
-        aum, as_of, used = cached[1]
+        row = self._held(customer_id, now)
+        if row is None:
+            return None
+        aum, as_of, used = row
         return CustomerState(aum, as_of, Usage(used, budgets[1]))
 
     async def state(self, customer_id: str) -> CustomerState:
         now = self.clock()
-        cached = self._customers.get(customer_id)
-        if cached is None or now - cached[0] >= self.safety_age:
+        row = self._held(customer_id, now)
+        if row is None:
             row = await self._load_customer(customer_id)
-        else:
-            row = cached[1]
         budgets = self._budgets
         if budgets is None or now - budgets[0] >= 2 * self.ttl:
             spent = await self._load_budgets()
@@ -114,10 +125,26 @@ class BenefitsView:
         aum, as_of, used = row
         return CustomerState(aum, as_of, Usage(used, spent))
 
+    def _held(self, customer_id: str, now: float) -> CustomerRow | None:
+        """What memory says of the customer, or None when it must be read first."""
+        cached = self._customers.get(customer_id)
+        if cached is None:
+            return _NEVER if self.whole else None
+        loaded_at, row = cached
+        if loaded_at == _STALE or (not self.whole and now - loaded_at >= self.safety_age):
+            return None
+        return row
+
     # -- after writes (call on the event loop, once the write has committed) -------------------
 
     def forget_customer(self, customer_id: str) -> None:
-        self._customers.pop(customer_id, None)
+        if self.whole or self._syncing:
+            # Not dropped: while all customers are held, absence says "nothing on file", and this
+            # customer now has something. Kept as stale, it is read before its next quote.
+            cached = self._customers.get(customer_id)
+            self._hold(customer_id, _STALE, cached[1] if cached is not None else _NEVER)
+        else:
+            self._customers.pop(customer_id, None)
         # A load under way may have read before the write: quotes from now on start a new one.
         self._loading.pop(customer_id, None)
         self._note_write(customer_id)
@@ -130,13 +157,50 @@ class BenefitsView:
     # -- the change feed -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow other replicas' writes until `stop` is set; a failed look is retried next round."""
+        """Hold every customer on file if they fit, and follow other replicas' writes, until `stop`
+        is set; a failed round is retried at the next."""
+        next_sync = self.clock()
         while not stop.is_set():
             try:
+                if self.clock() >= next_sync:
+                    next_sync = self.clock() + self.safety_age
+                    await self.sync()
                 await self.catch_up()
             except Exception:
                 log.exception("following benefits changes failed; quotes keep the data they have")
             await sleep_or_stop(stop, max(self.ttl, 0.05))
+
+    async def sync(self) -> bool:
+        """Read every customer on file into memory if they fit in `max_customers`; returns whether
+        they did (then `whole` is set). Also the last-resort refresh while they are all held."""
+        looked_at = self.wall_clock()
+        started, serial = self.clock(), self._begin_load()
+        self._syncing, self._overflowed = True, False
+        try:
+            self.loads += 1
+            on_file = await self.db.read(lambda s: _customers_on_file(s, self.max_customers + 1))
+            if len(on_file) > self.max_customers:
+                if self.whole:
+                    log.info("more customers on file than QUOTE_CACHE_CUSTOMERS; first quotes read them")
+                self.whole = False
+                return False
+            for first in range(0, len(on_file), RELOAD_BATCH):
+                batch = on_file[first : first + RELOAD_BATCH]
+                self.loads += 1
+                rows = await self.db.read(lambda s, ids=batch: _read_customers(s, ids))  # type: ignore[misc]
+                for customer_id in batch:
+                    if self._still_valid(customer_id, serial):
+                        self._hold(customer_id, started, rows[customer_id])
+            # Whatever other replicas wrote after the list was read comes through the feed, which
+            # must therefore look back to before it.
+            since = looked_at - FEED_OVERLAP
+            if self._feed_since is None or since < self._feed_since:
+                self._feed_since = since
+            self.whole = not self._overflowed
+            return self.whole
+        finally:
+            self._syncing = False
+            self._end_load()
 
     async def catch_up(self) -> int:
         """Reload the offer budgets and the held customers written since the last look; returns how
@@ -151,7 +215,8 @@ class BenefitsView:
                 self._budgets = (started, budgets)
         finally:
             self._end_load()
-        held = [c for c in changed if c in self._customers]
+        # While all customers are held, one new on file must be held too.
+        held = [c for c in changed if self.whole or c in self._customers]
         for first in range(0, len(held), RELOAD_BATCH):
             batch = held[first : first + RELOAD_BATCH]
             started, serial = self.clock(), self._begin_load()
@@ -159,8 +224,8 @@ class BenefitsView:
                 self.loads += 1
                 rows = await self.db.read(lambda s, ids=batch: _read_customers(s, ids))  # type: ignore[misc]
                 for customer_id in batch:
-                    if self._still_valid(customer_id, serial) and customer_id in self._customers:
-                        self._customers[customer_id] = (started, rows.get(customer_id, _NEVER))
+                    if self._still_valid(customer_id, serial) and (self.whole or customer_id in self._customers):
+                        self._hold(customer_id, started, rows.get(customer_id, _NEVER))
             finally:
                 self._end_load()
         self._feed_since = looked_at - FEED_OVERLAP
@@ -184,7 +249,7 @@ class BenefitsView:
         try:
             row = await self._reads.submit(customer_id)
             if self._still_valid(customer_id, serial):
-                self._keep(customer_id, started, row)
+                self._hold(customer_id, started, row)
             return row
         finally:
             self._end_load()
@@ -217,8 +282,12 @@ class BenefitsView:
         rows = await self.db.read(lambda s: _read_customers(s, set(customer_ids)))
         return [rows[customer_id] for customer_id in customer_ids]
 
-    def _keep(self, customer_id: str, loaded_at: float, row: CustomerRow) -> None:
+    def _hold(self, customer_id: str, loaded_at: float, row: CustomerRow) -> None:
         if customer_id not in self._customers and len(self._customers) >= self.max_customers:
+            if self.whole:
+                log.info("more customers on file than QUOTE_CACHE_CUSTOMERS; first quotes read them")
+            # Someone must go, so absence no longer says "nothing on file".
+            self.whole, self._overflowed = False, True
             oldest = next(iter(self._customers))
             del self._customers[oldest]
         self._customers[customer_id] = (loaded_at, row)
@@ -278,6 +347,13 @@ def _read_customers(session: Session, customer_ids: Iterable[str]) -> dict[str, 
     for customer_id, campaign_id, offer_id, year, used in connection.execute(_FREE_ITEMS_OF, {"ids": ids}):
         rows[customer_id][2][(campaign_id, offer_id, year)] = used
     return rows
+
+
+def _customers_on_file(session: Session, limit: int) -> list[str]:
+    """Customers with an AUM report or free items used, at most `limit` of them."""
+    reported = select(CustomerAum.customer_id)
+    used = select(FreeItemUsage.customer_id)
+    return list(session.connection().execute(reported.union(used).limit(limit)).scalars())
 
 
 def _changed_customers(session: Session, since: datetime) -> list[str]:

@@ -20,4 +20,9 @@ class PointsSettings(ServiceSettings):
         description="how often quotes look for claims and AUM reports written by other replicas "
         "(this replica's own writes show at once; claims always decide on the database)",
     )
-    quote_cache_customers: int = Field(100_000, ge=1, description="customers whose quote data is kept in memory")
+    quote_cache_customers: int = Field(
+        100_000,
+        ge=1,
+        description="customers whose quote data is kept in memory; while every customer on file fits, "
+        "all are held and no quote waits for a database read",
+    )

@@ -198,6 +198,80 @@ async def test_an_entry_past_the_safety_age_is_reloaded_before_the_quote(db: Gat
     assert (await view.state("c-old")).aum == Decimal("2000.00")
 
 
+# -- every customer on file held -------------------------------------------------------------------
+
+
+async def test_when_every_customer_fits_a_first_quote_reads_nothing(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    store_aum(db, "c-gold", "150000")
+    assert await view.sync() and view.whole
+    await view.state("c-gold")  # the budgets
+    loads = view.loads
+    assert (await view.state("c-gold")).aum == Decimal("150000.00")
+    nobody = await view.state("c-nobody")  # nothing on file: the lowest tier, without a read
+    assert nobody.aum is None and nobody.as_of is None and not nobody.usage.free_items_used
+    assert view.state_now("c-nobody-either") is not None
+    assert view.loads == loads
+
+
+async def test_a_write_here_while_all_are_held_is_read_before_the_next_quote(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    assert await view.sync()
+    assert (await view.state("c-new")).aum is None
+    await db.run(lambda s: benefits_store.set_aum(s, "c-new", Decimal("90000"), datetime.now(UTC)))
+    view.forget_customer("c-new")  # what the servicer does once the write has committed
+    assert view.state_now("c-new") is None  # it has something on file now: read it first
+    assert (await view.state("c-new")).aum == Decimal("90000.00")
+    assert view.whole
+
+
+async def test_a_write_here_during_the_sync_is_not_lost(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    store_aum(db, "c-listed", "1000")
+    db.gate = asyncio.Event()
+    syncing = asyncio.create_task(view.sync())
+    await db.read_done.wait()  # the sync has listed who is on file, and read nobody yet
+    for customer, aum in (("c-listed", "2000"), ("c-during", "90000")):
+        await db.run(lambda s, c=customer, a=aum: benefits_store.set_aum(s, c, Decimal(a), datetime.now(UTC)))  # type: ignore[misc]
+        view.forget_customer(customer)
+    db.gate.set()
+    assert await syncing
+    db.gate = None
+    assert (await view.state("c-during")).aum == Decimal("90000.00")  # not on the list it read
+    assert (await view.state("c-listed")).aum == Decimal("2000.00")
+
+
+async def test_another_replicas_new_customer_comes_through_the_feed(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=5, max_customers=10, clock=Clock())
+    assert await view.sync()
+    await view.catch_up()
+    await db.run(lambda s: benefits_store.set_aum(s, "c-elsewhere", Decimal("600000"), datetime.now(UTC)))
+    assert (await view.state("c-elsewhere")).aum is None  # not known here until the feed says so
+    assert await view.catch_up() == 1
+    loads = view.loads
+    assert (await view.state("c-elsewhere")).aum == Decimal("600000.00")
+    assert view.loads == loads
+
+
+async def test_more_customers_on_file_than_fit_are_read_when_first_quoted(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    for i in range(3):
+        store_aum(db, f"c-{i}", "1000")
+    assert not await view.sync() and not view.whole
+    assert (await view.state("c-2")).aum == Decimal("1000.00")
+
+
+async def test_one_customer_too_many_ends_holding_them_all(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    store_aum(db, "c-0", "1000")
+    store_aum(db, "c-1", "1000")
+    assert await view.sync()
+    store_aum(db, "c-2", "150000")
+    view.forget_customer("c-2")  # a third customer to hold: the first one makes room
+    assert not view.whole
+    assert (await view.state("c-0")).aum == Decimal("1000.00")  # read again, not taken for nobody
+
+
 async def test_memory_holds_at_most_max_customers(db: GatedDatabase) -> None:
     view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
     for i in range(25):
