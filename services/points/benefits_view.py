@@ -180,9 +180,7 @@ class BenefitsView:
             self.loads += 1
             on_file = await self.db.read(lambda s: _customers_on_file(s, self.max_customers + 1))
             if len(on_file) > self.max_customers:
-                if self.whole:
-                    log.info("more customers on file than QUOTE_CACHE_CUSTOMERS; first quotes read them")
-                self.whole = False
+                self._stop_holding_all()
                 return False
             for first in range(0, len(on_file), RELOAD_BATCH):
                 batch = on_file[first : first + RELOAD_BATCH]
@@ -284,13 +282,17 @@ class BenefitsView:
 
     def _hold(self, customer_id: str, loaded_at: float, row: CustomerRow) -> None:
         if customer_id not in self._customers and len(self._customers) >= self.max_customers:
-            if self.whole:
-                log.info("more customers on file than QUOTE_CACHE_CUSTOMERS; first quotes read them")
             # Someone must go, so absence no longer says "nothing on file".
-            self.whole, self._overflowed = False, True
+            self._stop_holding_all()
+            self._overflowed = True
             oldest = next(iter(self._customers))
             del self._customers[oldest]
         self._customers[customer_id] = (loaded_at, row)
+
+    def _stop_holding_all(self) -> None:
+        if self.whole:
+            log.info("more customers on file than QUOTE_CACHE_CUSTOMERS: first quotes read their customer")
+        self.whole = False
 
     def _begin_load(self) -> int:
         self._in_flight += 1
