@@ -88,10 +88,11 @@ class BenefitsView:
         self._written: dict[str, int] = {}
         self._in_flight = 0
         self.loads = 0  # database round trips, for tests
-        # True while every customer on file is held: a customer not held has nothing on file.
+        # True while every customer on file is held: a customer not held has nothing on file, as
+        # long as the change feed (or a sync) has looked recently (`_looked_at`, by `clock`).
         self.whole = False
         self._syncing = False
-        self._overflowed = False  # a customer was dropped for room since the sync began
+        self._looked_at = float("-inf")
         # Customers first seen at the same moment (opening time, a replica just started) are read
         # together: one query for all of them rather than one each, queueing for the GIL.
         self._reads: MicroBatcher[str, CustomerRow] = MicroBatcher(
@@ -129,7 +130,8 @@ class BenefitsView:
         """What memory says of the customer, or None when it must be read first."""
         cached = self._customers.get(customer_id)
         if cached is None:
-            return _NEVER if self.whole else None
+            # A feed that stopped may be hiding new customers: then read them rather than guess.
+            return _NEVER if self.whole and now - self._looked_at < 2 * self.ttl else None
         loaded_at, row = cached
         if loaded_at == _STALE or (not self.whole and now - loaded_at >= self.safety_age):
             return None
@@ -157,55 +159,84 @@ class BenefitsView:
     # -- the change feed -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Hold every customer on file if they fit, and follow other replicas' writes, until `stop`
-        is set; a failed round is retried at the next."""
-        next_sync = self.clock()
+        """Follow other replicas' writes, and hold every customer on file if they fit, until `stop`
+        is set. Two loops: a sync of many customers must not hold up the feed."""
+        await asyncio.gather(self._follow_feed(stop), self._hold_all_on_file(stop))
+
+    async def _follow_feed(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                if self.clock() >= next_sync:
-                    next_sync = self.clock() + self.safety_age
-                    await self.sync()
                 await self.catch_up()
             except Exception:
                 log.exception("following benefits changes failed; quotes keep the data they have")
             await sleep_or_stop(stop, max(self.ttl, 0.05))
 
+    async def _hold_all_on_file(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sync()
+                wait = self.safety_age
+            except Exception:
+                log.exception("reading every customer on file failed; first quotes read their customer meanwhile")
+                wait = max(self.ttl, 0.05)
+            await sleep_or_stop(stop, wait)
+
     async def sync(self) -> bool:
         """Read every customer on file into memory if they fit in `max_customers`; returns whether
         they did (then `whole` is set). Also the last-resort refresh while they are all held."""
-        looked_at = self.wall_clock()
         started, serial = self.clock(), self._begin_load()
-        self._syncing, self._overflowed = True, False
+        self._syncing = True
         try:
             self.loads += 1
             on_file = await self.db.read(lambda s: _customers_on_file(s, self.max_customers + 1))
             if len(on_file) > self.max_customers:
                 self._stop_holding_all()
+                self._trim()
                 return False
+            read: dict[str, tuple[float, CustomerRow]] = {}
             for first in range(0, len(on_file), RELOAD_BATCH):
                 batch = on_file[first : first + RELOAD_BATCH]
+                batch_started = self.clock()
                 self.loads += 1
                 rows = await self.db.read(lambda s, ids=batch: _read_customers(s, ids))  # type: ignore[misc]
                 for customer_id in batch:
-                    if self._still_valid(customer_id, serial):
-                        self._hold(customer_id, started, rows[customer_id])
-            # Whatever other replicas wrote after the list was read comes through the feed, which
-            # must therefore look back to before it.
-            since = looked_at - FEED_OVERLAP
-            if self._feed_since is None or since < self._feed_since:
-                self._feed_since = since
-            self.whole = not self._overflowed
-            return self.whole
+                    if self._still_valid(customer_id, serial):  # else a write here made it stale meanwhile
+                        read[customer_id] = (batch_started, rows[customer_id])
+            return self._hold_all(set(on_file), read, started)
         finally:
             self._syncing = False
             self._end_load()
 
+    def _hold_all(self, on_file: set[str], read: dict[str, tuple[float, CustomerRow]], listed_at: float) -> bool:
+        """Hold what the sync read, and of what was held: entries newer than the sync's (loaded by
+        quotes or the feed meanwhile), stale ones, and customers new on file since the list. Not
+        the customers with nothing on file, whom absence describes once all are held."""
+        kept: dict[str, tuple[float, CustomerRow]] = {}
+        for customer_id, entry in self._customers.items():
+            fresh = read.get(customer_id)
+            if fresh is not None and entry[0] <= fresh[0]:
+                continue
+            if fresh is None and customer_id not in on_file and entry[0] != _STALE and entry[1] == _NEVER:
+                continue
+            kept[customer_id] = entry
+        for customer_id, fresh in read.items():
+            kept.setdefault(customer_id, fresh)
+        self._customers = kept
+        if len(kept) > self.max_customers:
+            self._stop_holding_all()
+            self._trim()
+            return False
+        self.whole = True
+        self._looked_at = max(self._looked_at, listed_at)
+        return True
+
     async def catch_up(self) -> int:
-        """Reload the offer budgets and the held customers written since the last look; returns how
-        many customers were reloaded."""
+        """Reload the offer budgets and the held customers written since the last look (all of them
+        while all customers are held); returns how many customers were reloaded."""
         looked_at = self.wall_clock()
         since = self._feed_since or looked_at - FEED_OVERLAP
         started, serial = self.clock(), self._begin_load()
+        feed_started = started
         try:
             self.loads += 1
             changed, budgets = await self.db.read(lambda s: (_changed_customers(s, since), _read_budgets(s)))
@@ -213,8 +244,9 @@ class BenefitsView:
                 self._budgets = (started, budgets)
         finally:
             self._end_load()
-        # While all customers are held, one new on file must be held too.
-        held = [c for c in changed if self.whole or c in self._customers]
+        # While all customers are held (or are being read), one new on file must be held too.
+        hold_all = self.whole or self._syncing
+        held = [c for c in changed if hold_all or c in self._customers]
         for first in range(0, len(held), RELOAD_BATCH):
             batch = held[first : first + RELOAD_BATCH]
             started, serial = self.clock(), self._begin_load()
@@ -222,11 +254,12 @@ class BenefitsView:
                 self.loads += 1
                 rows = await self.db.read(lambda s, ids=batch: _read_customers(s, ids))  # type: ignore[misc]
                 for customer_id in batch:
-                    if self._still_valid(customer_id, serial) and (self.whole or customer_id in self._customers):
+                    if self._still_valid(customer_id, serial) and (hold_all or customer_id in self._customers):
                         self._hold(customer_id, started, rows.get(customer_id, _NEVER))
             finally:
                 self._end_load()
         self._feed_since = looked_at - FEED_OVERLAP
+        self._looked_at = max(self._looked_at, feed_started)
         return len(held)
 
     # -- loading -------------------------------------------------------------------------------
@@ -281,13 +314,17 @@ class BenefitsView:
         return [rows[customer_id] for customer_id in customer_ids]
 
     def _hold(self, customer_id: str, loaded_at: float, row: CustomerRow) -> None:
-        if customer_id not in self._customers and len(self._customers) >= self.max_customers:
+        # During a sync nobody goes (it may be a mark that a write made stale); the sync trims.
+        if customer_id not in self._customers and len(self._customers) >= self.max_customers and not self._syncing:
             # Someone must go, so absence no longer says "nothing on file".
             self._stop_holding_all()
-            self._overflowed = True
-            oldest = next(iter(self._customers))
-            del self._customers[oldest]
+            del self._customers[next(iter(self._customers))]
         self._customers[customer_id] = (loaded_at, row)
+
+    def _trim(self) -> None:
+        """Down to `max_customers`, the longest held first (a sync lets memory run over meanwhile)."""
+        while len(self._customers) > self.max_customers:
+            del self._customers[next(iter(self._customers))]
 
     def _stop_holding_all(self) -> None:
         if self.whole:

@@ -103,11 +103,15 @@ class GatedDatabase(Database):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.gate: asyncio.Event | None = None
+        self.pass_reads = 0  # reads that go through a closed gate before it holds one
         self.read_done = asyncio.Event()
 
     async def read(self, unit: Callable[[Session], T]) -> T:
         result = await super().read(unit)
         if self.gate is not None:
+            if self.pass_reads > 0:
+                self.pass_reads -= 1
+                return result
             self.read_done.set()
             await self.gate.wait()
         return result
@@ -228,17 +232,94 @@ async def test_a_write_here_while_all_are_held_is_read_before_the_next_quote(db:
 async def test_a_write_here_during_the_sync_is_not_lost(db: GatedDatabase) -> None:
     view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
     store_aum(db, "c-listed", "1000")
-    db.gate = asyncio.Event()
+    db.gate, db.pass_reads = asyncio.Event(), 1  # the list goes through
     syncing = asyncio.create_task(view.sync())
-    await db.read_done.wait()  # the sync has listed who is on file, and read nobody yet
+    await db.read_done.wait()  # the sync has read c-listed at 1000 and not yet kept it
     for customer, aum in (("c-listed", "2000"), ("c-during", "90000")):
         await db.run(lambda s, c=customer, a=aum: benefits_store.set_aum(s, c, Decimal(a), datetime.now(UTC)))  # type: ignore[misc]
         view.forget_customer(customer)
     db.gate.set()
+    assert await syncing and view.whole
+    db.gate = None
+    assert (await view.state("c-listed")).aum == Decimal("2000.00")  # not what the sync read before the write
+    assert (await view.state("c-during")).aum == Decimal("90000.00")  # not on the list the sync read
+
+
+async def test_too_many_to_hold_after_a_sync_ends_holding_them_all(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    store_aum(db, "c-0", "1000")
+    store_aum(db, "c-1", "1000")
+    db.gate = asyncio.Event()
+    syncing = asyncio.create_task(view.sync())
+    await db.read_done.wait()  # two on file: they fit
+    store_aum(db, "c-2", "150000")
+    view.forget_customer("c-2")  # a third, written here while the sync reads
+    db.gate.set()
+    assert not await syncing and not view.whole
+    db.gate = None
+    assert len(view._customers) <= 2
+    aums = [(await view.state(c)).aum for c in ("c-0", "c-1", "c-2")]
+    assert aums == [Decimal("1000.00"), Decimal("1000.00"), Decimal("150000.00")]
+
+
+async def test_customers_with_nothing_on_file_do_not_keep_the_others_from_being_held(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=3, clock=Clock())
+    store_aum(db, "c-0", "1000")
+    store_aum(db, "c-1", "1000")
+    for customer in ("c-nobody-1", "c-nobody-2"):  # first quotes before the sync: read, and nothing found
+        assert (await view.state(customer)).aum is None
+    assert await view.sync() and view.whole
+    assert (await view.state("c-0")).aum == Decimal("1000.00")
+
+
+async def test_a_sync_keeps_what_the_feed_read_after_it(db: GatedDatabase) -> None:
+    clock = Clock()
+    view = BenefitsView(db, ttl_seconds=5, max_customers=10, clock=clock)
+    store_aum(db, "c-moving", "1000")
+    await view.catch_up()
+    db.gate, db.pass_reads = asyncio.Event(), 1
+    syncing = asyncio.create_task(view.sync())
+    await db.read_done.wait()  # the sync has read 1000
+    clock.now += 1
+    await db.run(lambda s: benefits_store.set_aum(s, "c-moving", Decimal("600000"), datetime.now(UTC)))
+    db.pass_reads = 2  # another replica's write: the feed reads it (two reads) while the sync waits
+    assert await view.catch_up() == 1
+    db.gate.set()
     assert await syncing
     db.gate = None
-    assert (await view.state("c-during")).aum == Decimal("90000.00")  # not on the list it read
-    assert (await view.state("c-listed")).aum == Decimal("2000.00")
+    assert view.state_now("c-moving") is not None
+    assert (await view.state("c-moving")).aum == Decimal("600000.00")
+
+
+async def test_while_the_feed_is_silent_first_quotes_read_again(db: GatedDatabase) -> None:
+    clock = Clock()
+    view = BenefitsView(db, ttl_seconds=5, max_customers=10, clock=clock)
+    assert await view.sync()
+    store_aum(db, "c-elsewhere", "600000")  # another replica; this one's feed has stopped
+    clock.now += 2 * view.ttl
+    assert (await view.state("c-elsewhere")).aum == Decimal("600000.00")
+
+
+async def test_run_holds_every_customer_and_follows_the_feed(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=0.05, max_customers=10)
+    store_aum(db, "c-0", "1000")
+    stop = asyncio.Event()
+    running = asyncio.create_task(view.run(stop))
+
+    async def whole() -> bool:
+        return view.whole
+
+    async def aum_of_new() -> Decimal | None:
+        state = view.state_now("c-new")
+        return state.aum if state is not None else None
+
+    try:
+        await eventually(whole)
+        store_aum(db, "c-new", "600000")  # as another replica would
+        assert await eventually(aum_of_new) == Decimal("600000.00")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
 
 
 async def test_another_replicas_new_customer_comes_through_the_feed(db: GatedDatabase) -> None:
