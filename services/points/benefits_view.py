@@ -199,13 +199,17 @@ class BenefitsView:
                 batch_started = self.clock()
                 self.loads += 1
                 rows = await self.db.read(lambda s, ids=batch: _read_customers(s, ids))  # type: ignore[misc]
-                for customer_id in batch:
-                    if self._still_valid(customer_id, serial):  # else a write here made it stale meanwhile
-                        read[customer_id] = (batch_started, rows[customer_id])
+                read.update((customer_id, (batch_started, rows[customer_id])) for customer_id in batch)
+            # Checked only now, with no more waiting before the read is held: a write here while a
+            # later batch was read makes an earlier one's customer stale too.
+            read = {c: entry for c, entry in read.items() if self._still_valid(c, serial)}
             return self._hold_all(set(on_file), read, started)
         finally:
             self._syncing = False
             self._end_load()
+            if len(self._customers) > self.max_customers:  # a sync that failed let memory run over
+                self._stop_holding_all()
+                self._trim()
 
     def _hold_all(self, on_file: set[str], read: dict[str, tuple[float, CustomerRow]], listed_at: float) -> bool:
         """Hold what the sync read, and of what was held: entries newer than the sync's (loaded by

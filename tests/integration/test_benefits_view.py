@@ -245,6 +245,60 @@ async def test_a_write_here_during_the_sync_is_not_lost(db: GatedDatabase) -> No
     assert (await view.state("c-during")).aum == Decimal("90000.00")  # not on the list the sync read
 
 
+async def test_a_write_here_while_a_later_batch_is_read_is_not_lost(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=1000, clock=Clock())
+    customers = [f"c-{i:03}" for i in range(RELOAD_BATCH + 1)]  # two batches
+    for customer in customers:
+        store_aum(db, customer, "1000")
+    db.gate, db.pass_reads = asyncio.Event(), 2  # the list and the first batch go through
+    syncing = asyncio.create_task(view.sync())
+    await db.read_done.wait()  # both batches are read, the second waits to come back
+
+    def report_all(session: Session) -> None:
+        for customer in customers:
+            benefits_store.set_aum(session, customer, Decimal("90000"), datetime.now(UTC))
+
+    await db.run(report_all)
+    for customer in customers:
+        view.forget_customer(customer)
+    db.gate.set()
+    assert await syncing
+    db.gate = None
+    assert {(await view.state(c)).aum for c in customers} == {Decimal("90000.00")}
+
+
+async def test_nobody_is_dropped_for_room_while_a_sync_runs(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    db.gate = asyncio.Event()
+    syncing = asyncio.create_task(view.sync())
+    await db.read_done.wait()  # nobody on file yet
+    store_aum(db, "c-here", "150000")
+    view.forget_customer("c-here")  # written here: held as stale
+    store_aum(db, "c-x", "1000")  # and two by another replica, which the feed brings in
+    store_aum(db, "c-y", "1000")
+    db.pass_reads = 2
+    assert await view.catch_up() == 3
+    db.gate.set()
+    assert not await syncing  # three to hold in room for two: not all held
+    db.gate = None
+    assert (await view.state("c-here")).aum == Decimal("150000.00")
+
+
+async def test_a_failed_sync_leaves_no_more_held_than_the_room(db: GatedDatabase) -> None:
+    view = BenefitsView(db, ttl_seconds=60, max_customers=3, clock=Clock())
+    db.gate, db.pass_reads = asyncio.Event(), 0
+    store_aum(db, "c-0", "1000")
+    syncing = asyncio.create_task(view.sync())
+    await db.read_done.wait()
+    db.gate = None  # quotes' reads go through; the sync's list read still waits
+    for i in range(10):
+        await view.state(f"c-first-{i}")
+    syncing.cancel()  # as a failed read would end it
+    with pytest.raises(asyncio.CancelledError):
+        await syncing
+    assert len(view._customers) <= 3 and not view.whole
+
+
 async def test_too_many_to_hold_after_a_sync_ends_holding_them_all(db: GatedDatabase) -> None:
     view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
     store_aum(db, "c-0", "1000")
