@@ -6,7 +6,8 @@ answers from memory:
 
 - when every customer on file fits in `max_customers`, all of them are held (`sync`, at start and
   every SAFETY_AGE): a customer not held then has nothing on file, and no quote waits for a read.
-  Many quotes are a customer's first at this replica, so this is what makes them cheap;
+  Many quotes are a customer's first at this replica, so this is what makes them cheap. Absence
+  is trusted only while the change feed has looked within twice `ttl_seconds`;
 - otherwise a customer seen for the first time is loaded before the quote (customers first seen
   together are read together);
 - after a write by this process (a claim, an AUM report by RPC or event) the entry is dropped, or
