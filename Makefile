@@ -55,6 +55,7 @@ lint: install ## ruff, rule files, Kubernetes manifests
 	$(BIN)/ruff format --check .
 	$(BIN)/alliance rules validate rules/
 	$(MAKE) --no-print-directory deploy-check
+	$(MAKE) --no-print-directory lint-protos
 
 fmt: install ## format the code
 	$(BIN)/ruff check --fix .
@@ -65,6 +66,29 @@ deploy-check: install ## render every kustomize overlay and validate it offline
 		echo "validating $$o"; \
 		kubectl kustomize $$o | $(BIN)/kubernetes-validate --strict - || exit 1; \
 	done
+
+# buf comes from the @bufbuild/buf npm package, pinned in package.json/package-lock.json. Its bin/buf
+# runs the platform's binary from an optional dependency, so its postinstall (a speed-up) is not needed.
+NPM_STAMP := node_modules/.installed
+BUF := node_modules/.bin/buf
+RELEASED_API := protos/released.json
+
+$(NPM_STAMP): package.json $(wildcard package-lock.json)
+	if [ -f package-lock.json ]; then npm ci --ignore-scripts --no-audit --no-fund; \
+	else npm install --ignore-scripts --no-audit --no-fund; fi
+	touch $@
+
+.PHONY: lint-protos proto-release
+
+lint-protos: $(NPM_STAMP) ## buf lint protos/, and buf breaking against the released API
+	$(BUF) lint protos
+	$(BUF) breaking protos --against $(RELEASED_API)
+
+# The image is JSON, one field a line, so a review sees exactly what an accepted break changed.
+proto-release: $(NPM_STAMP) ## record the current protos as the released API; run on purpose when a breaking change is accepted
+	$(BUF) lint protos
+	$(BUF) build protos --exclude-source-info -o '-#format=json' | $(PYTHON) -m json.tool --indent 1 > $(RELEASED_API).tmp
+	mv $(RELEASED_API).tmp $(RELEASED_API)
 
 RULES_DEPLOY := deploy/base/rules
 
@@ -81,4 +105,4 @@ lock: $(BIN)/python ## refresh constraints.txt from what is installed
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^alliance'; } > constraints.txt
 
 clean: ## remove the venv, generated code and local data
-	rm -rf $(VENV) gen var .pytest_cache .ruff_cache
+	rm -rf $(VENV) gen var .pytest_cache .ruff_cache node_modules
