@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
 import pytest
+from sqlmodel import col, select
 
 from alliance.v1 import benefits_pb2 as api
 from alliance.v1 import benefits_pb2_grpc, customer_events_pb2
 from services.foundation.bus import MSG_ID_HEADER
+from services.foundation.inbox import InboxEntry
 from tests.integration.conftest import PointsUnderTest, write_campaign
 from tests.integration.points_calls import stamp
 from tests.integration.waiting import eventually
@@ -195,21 +197,24 @@ async def test_entitlements_show_tier_and_quota(benefits, user: str) -> None:  #
     assert (ticket.per_year, ticket.used, ticket.left) == (2, 1, 1)
 
 
-async def test_aum_arrives_by_event_and_older_reports_are_ignored(benefits, js, user: str) -> None:  # type: ignore[no-untyped-def]
+async def test_aum_arrives_by_event_and_older_reports_are_ignored(benefits, points, js, user: str) -> None:  # type: ignore[no-untyped-def]
     await js.add_stream(name="CUSTOMER", subjects=["customer.v1.>"])
     now = datetime.now(UTC)
+    event_ids = []
     for aum, when in (("250000", now), ("1000", now - timedelta(days=1))):  # the stale one comes last
         event = customer_events_pb2.CustomerAumChanged(
             event_id=uuid.uuid4().hex, customer_id=user, aum=aum, as_of=stamp(when)
         )
         await js.publish("customer.v1.aum_changed", event.SerializeToString(), headers={MSG_ID_HEADER: event.event_id})
+        event_ids.append(event.event_id)
 
-    async def gold() -> bool:
-        reply = await benefits.GetEntitlements(api.GetEntitlementsRequest(customer_id=user))
-        return reply.tier == "gold"
+    async def both_applied() -> bool:
+        # The inbox row commits with the report's unit of work: once both are there, the stale report
+        # has been applied (not parked, not still on its way), so the tier below is the final answer.
+        query = select(InboxEntry.event_id).where(col(InboxEntry.event_id).in_(event_ids))
+        return len(await points.host.db.run(lambda s: list(s.exec(query)))) == 2
 
-    await eventually(gold)
-    await asyncio.sleep(0.5)
+    await eventually(both_applied)
     reply = await benefits.GetEntitlements(api.GetEntitlementsRequest(customer_id=user))
     assert reply.tier == "gold" and reply.aum == "250000.00"
 
