@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -50,7 +52,7 @@ def _serving(address: str, deadline: float) -> None:
                     return
             except grpc.RpcError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval of this deadline wait
     raise AssertionError(f"{address} not serving")
 
 
@@ -62,6 +64,37 @@ def _bus_messages(output: str) -> list[tuple[str, str]]:
             if record.get("logger") == "alliance.bus":
                 found.append((record["level"], record["msg"]))
     return found
+
+
+class _Output:
+    """The suite's output, read as it comes, so a test can wait for a line before it acts."""
+
+    def __init__(self, suite: subprocess.Popen[str]) -> None:
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, args=(suite,), daemon=True)
+        self._reader.start()
+
+    def _read(self, suite: subprocess.Popen[str]) -> None:
+        assert suite.stdout is not None
+        for line in suite.stdout:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self._lines)
+
+    def wait_for(self, found: Callable[[str], bool], timeout: float, what: str) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: found("".join(self._lines)), timeout):
+                raise AssertionError(f"{what} not seen within {timeout}s:\n{''.join(self._lines)[-3000:]}")
+
+    def closed(self, timeout: float) -> str:
+        """All of it, once every process holding the pipe has exited."""
+        self._reader.join(timeout)
+        return self.text()
 
 
 def test_ctrl_c_stops_the_services_before_nats(tmp_path: Path) -> None:
@@ -78,15 +111,22 @@ def test_ctrl_c_stops_the_services_before_nats(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,  # its own process group, like a shell job in a terminal
     )
+    out = _Output(suite)
     try:
         _serving(f"127.0.0.1:{grpc_port}", time.monotonic() + 30)
-        time.sleep(0.5)  # the bus connects after the server starts serving
+
+        # The bus connects after the server starts serving: Ctrl-C only once every service is on NATS.
+        def all_connected(text: str) -> bool:
+            return _bus_messages(text).count(("INFO", "connected to NATS")) >= len(PORTS)
+
+        out.wait_for(all_connected, 30, "every service connected to NATS")
         os.killpg(suite.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group
-        output, _ = suite.communicate(timeout=40)
+        suite.wait(timeout=40)
     finally:
         if suite.poll() is None:
             os.killpg(suite.pid, signal.SIGKILL)
             suite.wait()
+    output = out.closed(10)
 
     assert suite.returncode == 0, output[-3000:]
     assert output.rstrip().endswith("stopped"), output[-3000:]

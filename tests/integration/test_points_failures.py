@@ -114,7 +114,10 @@ async def test_sigterm_finishes_in_flight_calls_and_flushes_events(
     async with grpc.aio.insecure_channel(proc.address) as channel:
         stub = points_pb2_grpc.PointsStub(channel)
         calls = [asyncio.ensure_future(stub.Earn(earn_request(f"{user}-{i}"), timeout=10)) for i in range(300)]
-        await asyncio.sleep(0.05)
+        # SIGTERM once the server is answering, while the rest are in flight.
+        answered, in_flight = await asyncio.wait(calls, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert answered, "no Earn was answered within 10 s"
+        assert in_flight, "every call finished before SIGTERM: none was in flight"
         exit_code = await asyncio.to_thread(proc.terminate)
         results = await asyncio.gather(*calls, return_exceptions=True)
     assert exit_code == 0, proc.logs()[-2000:]
@@ -125,7 +128,10 @@ async def test_sigterm_finishes_in_flight_calls_and_flushes_events(
     # (UNAVAILABLE or CANCELLED; both safe to retry with the same key); taken-up calls finish.
     retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert all(r.code() in retryable for r in refused), [(r.code(), r.details()) for r in refused][:3]
-    assert succeeded, "no call was in flight when SIGTERM came"
+    finished_while_stopping = [
+        r for c, r in zip(calls, results, strict=True) if c in in_flight and isinstance(r, points_pb2.EarnResponse)
+    ]
+    assert finished_while_stopping, "no call in flight when SIGTERM came was finished"
     # Every committed earn is in the ledger and its event left the outbox before the exit.
     assert await stream_count(scratch_nats.url, "points.v1.awarded") == len(succeeded)
     db = Database(f"sqlite:///{tmp_path / 'points.db'}")
