@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlmodel import Session
 
 from alliance.v1 import points_events_pb2 as events
@@ -76,6 +76,7 @@ def earn_many(session: Session, items: Sequence[EarnItem]) -> list[api.EarnRespo
     now = utcnow()
     done = _already_done(conn, [item.cmd.idempotency_key for item in items])
     balances = _lock_accounts(conn, sorted({item.cmd.user_id for item in items}), now)
+    unswept = _expired_unswept(conn, sorted(balances), now)
     campaigns = {c.campaign_id for item in items for c in item.candidates}
     usage = _usage(conn, campaigns, set(balances))
     budgeted = {c.campaign_id for item in items for c in item.candidates if _budget_of(c) is not None}
@@ -91,7 +92,7 @@ def earn_many(session: Session, items: Sequence[EarnItem]) -> list[api.EarnRespo
         if previous is not None:
             results.append(_replay(previous, cmd))
             continue
-        response, serialized = _decide(item, balances, usage, awarded, writes, touched_usage, now)
+        response, serialized = _decide(item, balances, unswept, usage, awarded, writes, touched_usage, now)
         if response.points:
             touched_users.add(cmd.user_id)
         done[cmd.idempotency_key] = _Done(response.transaction_id, cmd.request_hash, serialized)
@@ -109,6 +110,7 @@ def _budget_of(candidate: Candidate) -> int | None:
 def _decide(
     item: EarnItem,
     balances: dict[str, int],
+    unswept: dict[str, int],
     usage: dict[tuple[str, str, str], int],
     awarded: dict[str, int],
     writes: _Writes,
@@ -120,6 +122,14 @@ def _decide(
     response = api.EarnResponse(transaction_id=txn_id)
     for candidate in item.candidates:
         campaign = candidate.campaign
+        if candidate.expires_at is not None and candidate.expires_at <= now:
+            # A late (backdated) event: its points would be expired on arrival. Awarding them would
+            # spend budget and caps on nothing and tell the customer "awarded" then "expired".
+            response.notices.append(
+                f"{campaign.id}/{candidate.rule_id}: points would have expired at "
+                f"{candidate.expires_at.isoformat()}, nothing awarded"
+            )
+            continue
         windows = cap_windows(campaign, cmd.occurred_at)
         used = {w.key: usage.get((campaign.id, cmd.user_id, w.key), 0) for w in windows}
         budget = _budget_of(candidate)
@@ -176,7 +186,8 @@ def _decide(
             response.notices.append(f"{campaign.id}/{candidate.rule_id}: {allowed.limited_by}")
     response.points = sum(a.points for a in response.awards)
     balances[cmd.user_id] += response.points
-    response.balance = balances[cmd.user_id]
+    # What GetBalance says: points expired but not yet written off by the sweep are not spendable.
+    response.balance = balances[cmd.user_id] - unswept.get(cmd.user_id, 0)
     serialized = response.SerializeToString()
     writes.transactions.append(
         {
@@ -258,6 +269,22 @@ def _lock_accounts(conn: Connection, users: list[str], now: datetime) -> dict[st
         )
         balances.update((user, balance) for user, balance in conn.execute(_ACCOUNTS, {"users": missing}))
     return balances
+
+
+_UNSWEPT = (
+    select(LOT.c.user_id, func.sum(LOT.c.remaining))
+    .where(
+        LOT.c.user_id.in_(bindparam("users", expanding=True)),
+        LOT.c.remaining > 0,
+        LOT.c.expires_at <= bindparam("now"),
+    )
+    .group_by(LOT.c.user_id)
+)
+
+
+def _expired_unswept(conn: Connection, users: list[str], now: datetime) -> dict[str, int]:
+    """Points per user in lots past their date that the expiry sweep has not written off yet."""
+    return {user: int(total) for user, total in conn.execute(_UNSWEPT, {"users": users, "now": now})}
 
 
 def _usage(conn: Connection, campaigns: set[str], users: set[str]) -> dict[tuple[str, str, str], int]:

@@ -13,6 +13,7 @@ from services.points import ledger
 from services.points.expiry import ExpirySweeper
 from tests.integration.conftest import PointsUnderTest, write_campaign
 from tests.integration.points_calls import earn_request, redeem_request, reverse_request
+from tests.integration.waiting import eventually
 
 SHORT_LIVED = """\
 campaign: short-lived
@@ -132,9 +133,15 @@ async def test_redeem_spends_soonest_expiring_points_first(points: PointsUnderTe
 async def test_expired_points_are_not_spendable_and_are_written_off(points: PointsUnderTest, user: str) -> None:
     write_campaign(points.rules_dir, "short-lived", SHORT_LIVED)
     await points.reload_rules()
-    two_days_ago = datetime.now(UTC) - timedelta(days=2)
-    await points.stub.Earn(earn_request(user, event_type="social.liked", product="", when=two_days_ago))
-    assert (await points.stub.GetBalance(api.GetBalanceRequest(user_id=user))).balance == 0
+    # Points that expire three seconds after they are earned (points already expired when earned are
+    # not awarded at all: test_points_defects.py).
+    soon = datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=3)
+    assert (await points.stub.Earn(earn_request(user, event_type="social.liked", product="", when=soon))).points == 5
+
+    async def expired() -> bool:
+        return (await points.stub.GetBalance(api.GetBalanceRequest(user_id=user))).balance == 0
+
+    await eventually(expired)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await points.stub.Redeem(redeem_request(user, 5))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

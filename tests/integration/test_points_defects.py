@@ -1,0 +1,166 @@
+"""Defects of the points service, each checked over real gRPC on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import select
+
+from alliance.v1 import points_events_pb2, referral_events_pb2
+from alliance.v1 import points_pb2 as api
+from services.foundation.bus import MSG_ID_HEADER
+from services.foundation.db import utcnow
+from services.points import ledger
+from services.points.models import CampaignBudget, CampaignUsage, PointLot, PointsTransaction
+from tests.integration.conftest import PointsUnderTest, write_campaign
+from tests.integration.points_calls import earn_request, stamp
+from tests.integration.test_points_events import ensure_referral_stream, published_for
+from tests.integration.waiting import eventually
+
+# -- 1. an award whose points would already have expired is not made ------------------------------
+
+ONE_DAY = """\
+campaign: one-day-referral
+title: Referral points that last one day, with a budget and a cap
+active: {from: 2020-01-01}
+points:
+  budget: 1000
+  caps: {per_user_per_day: 500}
+  expiry: {days: 1}
+  rules:
+    - id: day
+      when: {event: referral.converted}
+      award: 40
+"""
+
+SHORT_LIVED = """\
+campaign: short-lived
+title: Points that expire after one day
+active: {from: 2020-01-01}
+points:
+  expiry: {days: 1}
+  rules:
+    - id: like
+      when: {event: social.liked}
+      award: 5
+"""
+
+
+async def get_balance(points: PointsUnderTest, user: str) -> int:
+    return (await points.stub.GetBalance(api.GetBalanceRequest(user_id=user))).balance
+
+
+async def ledger_sum(points: PointsUnderTest, user: str) -> int:
+    return await points.host.db.run(lambda s: ledger.ledger_sum(s, user))
+
+
+async def lots_of(points: PointsUnderTest, user: str) -> list[PointLot]:
+    return await points.host.db.run(lambda s: list(s.exec(select(PointLot).where(PointLot.user_id == user))))
+
+
+async def campaign_use(points: PointsUnderTest, campaign: str, user: str) -> tuple[int, int]:
+    """(budget awarded, cap usage of `user`) of a campaign."""
+
+    def read(s):  # type: ignore[no-untyped-def]
+        budget = s.get(CampaignBudget, campaign)
+        usage = s.exec(
+            select(CampaignUsage).where(CampaignUsage.campaign_id == campaign, CampaignUsage.user_id == user)
+        )
+        return (budget.awarded if budget is not None else 0), sum(u.points for u in usage)
+
+    return await points.host.db.run(read)
+
+
+def expired_notice(campaign_rule: str, expires_at: datetime) -> str:
+    return f"{campaign_rule}: points would have expired at {expires_at.astimezone(UTC).isoformat()}, nothing awarded"
+
+
+async def test_backdated_earn_awards_nothing_that_would_already_have_expired(
+    points: PointsUnderTest,
+    js,  # type: ignore[no-untyped-def]
+    user: str,
+) -> None:
+    write_campaign(points.rules_dir, "one-day-referral", ONE_DAY)
+    await points.reload_rules()
+    three_days_ago = datetime.now(UTC) - timedelta(days=3)
+
+    # A card referral: 50 points for a year (still good) and 40 for a day (gone two days ago).
+    reply = await points.stub.Earn(earn_request(user, when=three_days_ago))
+    assert [(a.campaign_id, a.points) for a in reply.awards] == [("test-referral", 50)]
+    assert reply.points == 50
+    assert expired_notice("one-day-referral/day", three_days_ago + timedelta(days=1)) in reply.notices
+    # Only the one-day campaign matches this one: nothing at all, but a transaction and a reason.
+    nothing = await points.stub.Earn(earn_request(user, product="umbrella", when=three_days_ago))
+    assert (nothing.points, list(nothing.awards)) == (0, [])
+    assert list(nothing.notices) == [expired_notice("one-day-referral/day", three_days_ago + timedelta(days=1))]
+
+    assert reply.balance == nothing.balance == await get_balance(points, user) == 50 == await ledger_sum(points, user)
+    assert await campaign_use(points, "one-day-referral", user) == (0, 0)  # no budget, no cap spent
+    assert [(lot.campaign_id, lot.points) for lot in await lots_of(points, user)] == [("test-referral", 50)]
+    page = await points.stub.ListLedger(api.ListLedgerRequest(user_id=user))
+    assert [(e.kind, e.campaign_id, e.points) for e in page.entries] == [(api.ENTRY_KIND_EARN, "test-referral", 50)]
+    # Nothing for the expiry sweep to write off, so no points.v1.expired will follow.
+    assert user not in await points.host.db.run(lambda s: ledger.users_with_expired_lots(s, utcnow()))
+
+    async def awarded() -> list:  # type: ignore[type-arg]
+        return await published_for(js, "points.v1.awarded", points_events_pb2.PointsAwarded, user)
+
+    [(event, _)] = await eventually(awarded)
+    assert (event.transaction_id, event.points, event.balance) == (reply.transaction_id, 50, 50)
+    assert [a.campaign_id for a in event.awards] == ["test-referral"]
+    assert await published_for(js, "points.v1.expired", points_events_pb2.PointsExpired, user) == []
+
+
+async def test_backdated_referral_event_awards_nothing_that_would_already_have_expired(
+    points: PointsUnderTest,
+    js,  # type: ignore[no-untyped-def]
+    user: str,
+) -> None:
+    await ensure_referral_stream(js)
+    occurred = datetime.now(UTC) - timedelta(days=400)  # the test campaign's points last 365 days
+    event = referral_events_pb2.ReferralConverted(
+        event_id=uuid.uuid4().hex, referrer_id=user, referred_id="late", product="loan", occurred_at=stamp(occurred)
+    )
+    await js.publish("referral.v1.converted", event.SerializeToString(), headers={MSG_ID_HEADER: event.event_id})
+    key = f"referral.v1.converted:{event.event_id}"
+
+    async def applied() -> PointsTransaction | None:
+        query = select(PointsTransaction).where(PointsTransaction.idempotency_key == key)
+        return await points.host.db.run(lambda s: s.exec(query).first())
+
+    txn = await eventually(applied)
+    reply = api.EarnResponse.FromString(txn.response)
+    assert (txn.points, reply.points, list(reply.awards)) == (0, 0, [])
+    assert list(reply.notices) == [expired_notice("test-referral/loan", occurred + timedelta(days=365))]
+    assert reply.balance == await get_balance(points, user) == 0 == await ledger_sum(points, user)
+    assert await lots_of(points, user) == []
+    assert await campaign_use(points, "test-referral", user) == (0, 0)
+
+
+async def test_earn_reply_balance_leaves_out_points_expired_but_not_yet_swept(
+    points: PointsUnderTest,
+    js,  # type: ignore[no-untyped-def]
+    user: str,
+) -> None:
+    write_campaign(points.rules_dir, "short-lived", SHORT_LIVED)
+    await points.reload_rules()
+    # 5 points that expire three seconds from now; the sweep (hourly in tests) will not have run.
+    soon = datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=3)
+    assert (await points.stub.Earn(earn_request(user, event_type="social.liked", product="", when=soon))).points == 5
+
+    async def expired() -> bool:
+        return await get_balance(points, user) == 0
+
+    await eventually(expired)
+    assert user in await points.host.db.run(lambda s: ledger.users_with_expired_lots(s, utcnow()))  # not swept
+    reply = await points.stub.Earn(earn_request(user, product="loan"))
+    assert reply.points == 100
+    assert reply.balance == await get_balance(points, user) == 100
+
+    async def awarded() -> list:  # type: ignore[type-arg]
+        found = await published_for(js, "points.v1.awarded", points_events_pb2.PointsAwarded, user)
+        return [event for event, _ in found if event.transaction_id == reply.transaction_id]
+
+    [event] = await eventually(awarded)
+    assert event.balance == 100
