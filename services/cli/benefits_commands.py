@@ -23,6 +23,7 @@ from services.points.benefits.model import percent
 from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, UnknownMerchant, Usage
 from services.points.campaigns.loader import load_campaign
 from services.points.campaigns.model import Campaign
+from services.registry import SERVICES
 
 
 def add_benefits_parser(subparsers: Any) -> None:
@@ -57,7 +58,7 @@ def add_benefits_parser(subparsers: Any) -> None:
     )
     entitlements_cmd.add_argument("customer_id")
     entitlements_cmd.add_argument(
-        "--address", default="127.0.0.1:50051", help="points service, gRPC (default %(default)s)"
+        "--address", default=SERVICES["points"].address, help="points service, gRPC (default %(default)s)"
     )
     entitlements_cmd.add_argument("--at", type=_moment, default=None, help="ISO date-time with offset (default: now)")
     entitlements_cmd.set_defaults(func=entitlements)

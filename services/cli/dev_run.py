@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from services.cli.services_registry import SERVICES
 from services.foundation.nats_server import EmbeddedNats
+from services.registry import SERVICES
 
 # The machine may already run its own NATS on 4222; the suite's embedded one stays out of its way.
 DEV_NATS_PORT = 4322
-PORTS = {"points": (50051, 9464)}
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,8 +54,8 @@ def run_suite(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        for name in SERVICES:
-            grpc_port, metrics_port = (port + args.port_offset for port in PORTS[name])
+        for name, entry in SERVICES.items():
+            grpc_port, metrics_port = (port + args.port_offset for port in (entry.grpc_port, entry.metrics_port))
             env = {
                 **os.environ,
                 "NATS_URL": nats.url,

@@ -10,11 +10,12 @@ from google.protobuf.json_format import MessageToJson
 
 from alliance.v1 import points_pb2 as api
 from alliance.v1 import points_pb2_grpc
+from services.registry import SERVICES
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     points = commands.add_parser("points", help="look up balances and ledgers", description=__doc__)
-    points.add_argument("--address", default="127.0.0.1:50051", help="points service (default %(default)s)")
+    points.add_argument("--address", default=SERVICES["points"].address, help="points service (default %(default)s)")
     actions = points.add_subparsers(dest="action", metavar="ACTION", required=True)
     balance = actions.add_parser("balance", help="a user's balance and what expires soon")
     balance.add_argument("user_id")

@@ -81,6 +81,11 @@ def utcnow() -> datetime:
 
 
 _AFTER_COMMIT = "alliance.after_commit"
+_DATABASE = "alliance.database"
+
+
+def _nothing() -> None:
+    pass
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
@@ -137,6 +142,8 @@ class Database:
         else:
             self.engine = create_engine(self.url, echo=echo, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
             workers = pool_size
+        # Set by the host to wake its outbox relay; called after a commit that added events.
+        self.events_committed: Callable[[], None] = _nothing
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
         self._read_engine, self._read_executor = self.engine, self._executor
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
@@ -151,7 +158,13 @@ class Database:
             self._read_executor = ThreadPoolExecutor(max_workers=_SQLITE_READERS, thread_name_prefix="db-read")
 
     def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+        return Session(self.engine, expire_on_commit=False, info={_DATABASE: self})
+
+    @staticmethod
+    def of(session: Session) -> Database | None:
+        """The Database whose unit of work `session` is (None for a session made elsewhere)."""
+        found = session.info.get(_DATABASE)
+        return found if isinstance(found, Database) else None
 
     def run_sync(self, unit: Callable[[Session], T], *, attempts: int = 5) -> T:
         """Run `unit` in one transaction; commit if it returns, roll back if it raises."""

@@ -32,11 +32,13 @@ class GuardedServer:
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
+        self.service_names: list[str] = []  # as registered: what health and reflection announce
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_GuardedGenericHandler(h) for h in handlers))
 
     def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        self.service_names.append(service)
         self._server.add_registered_method_handlers(
             service, {name: _wrap(handler, f"/{service}/{name}") for name, handler in handlers.items()}
         )

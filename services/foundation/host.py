@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+import socket
+import uuid
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,62 +27,44 @@ from services.foundation import migrations
 from services.foundation.bus import EventBus
 from services.foundation.db import Database
 from services.foundation.grpc_errors import GuardedServer
+from services.foundation.outbox import OutboxRelay
+from services.foundation.rules.directory import RuleDirectory
+from services.foundation.service import Declared, Kit, Loop, Service
 from services.foundation.settings import ServiceSettings
 
 log = logging.getLogger("alliance.host")
 
-Background = Callable[[asyncio.Event], Awaitable[None]]
 
-
-@dataclass
-class Runtime:
-    """What a service is given to build itself."""
-
-    name: str
-    settings: ServiceSettings
-    db: Database
-    bus: EventBus
-    stop: asyncio.Event
-
-
-@dataclass
-class ServiceParts:
-    """What a service gives back: its servicers, the loops to run beside them, what to close."""
-
-    register: list[Callable[[grpc.aio.Server], None]]
-    service_names: list[str]
-    background: list[Background] = field(default_factory=list)
-    on_bus_ready: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    close: list[Callable[[], None]] = field(default_factory=list)
-
-
-Build = Callable[[Runtime], Awaitable[ServiceParts]]
+async def _watch(directory: RuleDirectory[object], interval: float, stop: asyncio.Event) -> None:
+    await directory.watch(interval, stop)
 
 
 class ServiceHost:
-    def __init__(
-        self, name: str, settings: ServiceSettings, build: Build, *, migrations_dir: Path | None = None
-    ) -> None:
-        self.name = name
+    def __init__(self, service: Service, settings: ServiceSettings) -> None:
+        self.service = service
+        self.name = service.name
         self.settings = settings
-        self.build = build
-        self.migrations_dir = migrations_dir
         self.stop_requested = asyncio.Event()
         self.port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._parts: ServiceParts | None = None
         self._background_stop = asyncio.Event()
+        self.kit: Kit | None = None
+        # Names this process in lease rows and logs: pod name (hostname) and process.
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     async def start(self) -> int:
         s = self.settings
         self.db = Database(s.database_url)
-        if s.migrate_on_start and self.migrations_dir is not None:
-            await asyncio.to_thread(migrations.upgrade, self.db, self.migrations_dir)
+        if s.migrate_on_start:
+            await asyncio.to_thread(migrations.upgrade, self.db, self.service.schema)
         self.bus = EventBus(s.nats_url, name=f"alliance-{self.name}")
-        runtime = Runtime(self.name, s, self.db, self.bus, self._background_stop)
-        self._parts = parts = await self.build(runtime)
+        self.relay = OutboxRelay(self.db, self.bus)
+        self.db.events_committed = self.relay.notify
+        self.kit = kit = Kit(self.service, s, self.db, self.bus)
+        await self.service.build(kit)
+        declared = kit.declared
 
         server = grpc.aio.server(
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
@@ -89,24 +72,23 @@ class ServiceHost:
             options=[("grpc.so_reuseport", 0)],
         )
         guarded = GuardedServer(server)
-        for register in parts.register:
+        for register in declared.registrations:
             register(guarded)  # type: ignore[arg-type]
+        self.service_names = guarded.service_names
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = [*parts.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
         await server.start()
         self._server = server
-        for name in ["", *parts.service_names]:
+        for name in ["", *self.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port:
             start_http_server(s.metrics_port, addr=s.grpc_host)
 
-        self._bus_task = asyncio.create_task(self._connect_bus(parts), name="bus-connect")
-        for loop in parts.background:
-            self._tasks.append(
-                asyncio.create_task(loop(self._background_stop), name=getattr(loop, "__qualname__", "bg"))
-            )
+        self._bus_task = asyncio.create_task(self._connect_bus(), name="bus-connect")
+        for name, loop in self._loops(declared):
+            self._tasks.append(asyncio.create_task(loop(self._background_stop), name=name))
         # Start-up objects (modules, rules, schema) live for ever: frozen, no collection scans them,
         # so a full collection costs a few ms. The young generation keeps the interpreter's small
         # threshold on purpose: grpc.aio leaves a few objects of cyclic garbage per call, and a
@@ -125,16 +107,25 @@ class ServiceHost:
         )
         return self.port
 
-    async def _connect_bus(self, parts: ServiceParts) -> None:
+    def _loops(self, declared: Declared) -> list[tuple[str, Loop]]:
+        loops: list[tuple[str, Loop]] = [("outbox-relay", self.relay.run)]
+        loops += [(f"consumer {c.name}", c.run) for c in declared.consumers]
+        loops += [(f"broadcast {b.subject}", b.run) for b in declared.broadcasts]
+        loops += [(f"job {j.name}", partial(j.run_forever, self.db, replica_id=self.replica_id)) for j in declared.jobs]
+        loops += [(f"rules {d.name}", partial(_watch, d, interval)) for d, interval in declared.rule_directories]
+        loops += [(getattr(loop, "__qualname__", "loop"), loop) for loop in declared.loops]
+        return loops
+
+    async def _connect_bus(self) -> None:
         await self.bus.connect()
-        for ready in parts.on_bus_ready:
-            while not self._background_stop.is_set():
-                try:
-                    await ready()
-                    break
-                except Exception as error:
-                    log.warning("bus setup failed, retrying", extra={"error": repr(error)})
-                    await asyncio.sleep(1)
+        while not self._background_stop.is_set():
+            try:
+                for catalog in self.service.publishes:
+                    await self.bus.ensure_stream(catalog.domain)
+                return
+            except Exception as error:
+                log.warning("creating streams failed, retrying", extra={"error": repr(error)})
+                await asyncio.sleep(1)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -144,6 +135,11 @@ class ServiceHost:
     async def stop(self) -> None:
         log.info("shutting down", extra={"grace_s": self.settings.shutdown_grace_seconds})
         await self._health.enter_graceful_shutdown()
+        declared = self.kit.declared if self.kit else Declared()
+        # Open server streams end now with UNAVAILABLE (clients reconnect elsewhere) instead of
+        # holding the whole grace period.
+        for subscription in declared.broadcasts:
+            subscription.close()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_seconds)
         self._background_stop.set()
@@ -156,7 +152,7 @@ class ServiceHost:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self._bus_task, return_exceptions=True)
         await self.bus.close()
-        for close in self._parts.close if self._parts else []:
+        for close in declared.closers:
             close()
         await asyncio.to_thread(self.db.close)
         log.info("stopped")

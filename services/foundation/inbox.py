@@ -22,10 +22,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 from sqlalchemy import JSON, Column, LargeBinary, Text
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session
 
 from services.foundation.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER, EventBus, stream_for
 from services.foundation.db import Database, UTCDateTime, utcnow
+from services.foundation.schema import KitTable
 from services.foundation.stopping import sleep_or_stop, wait_or_stop
 
 log = logging.getLogger("alliance.inbox")
@@ -36,7 +37,7 @@ M = TypeVar("M", bound=Message)
 Unit = Callable[[Session], object]
 
 
-class InboxEntry(SQLModel, table=True):
+class InboxEntry(KitTable, table=True):
     __tablename__ = "inbox_event"
 
     consumer: str = Field(primary_key=True, max_length=64)
@@ -45,7 +46,7 @@ class InboxEntry(SQLModel, table=True):
     processed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-class ParkedEvent(SQLModel, table=True):
+class ParkedEvent(KitTable, table=True):
     """Events that could not be applied; ops inspect and replay them (`alliance events parked`)."""
 
     __tablename__ = "parked_event"
@@ -89,7 +90,6 @@ class EventConsumer(Generic[M]):
         max_deliver: int = 5,
         ack_wait_seconds: float = 30.0,
         batch: int = 64,
-        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -101,7 +101,6 @@ class EventConsumer(Generic[M]):
         self.max_deliver = max_deliver
         self.ack_wait_seconds = ack_wait_seconds
         self.batch = batch
-        self.on_applied = on_applied
 
     async def run(self, stop: asyncio.Event) -> None:
         await wait_or_stop(self.bus.ready.wait(), stop)
@@ -172,8 +171,6 @@ class EventConsumer(Generic[M]):
             applied = await self.db.run(lambda s: self._apply_once(s, event_id, msg.subject, unit))
             await msg.ack()
             CONSUMED.labels(self.name, "applied" if applied else "duplicate").inc()
-            if applied and self.on_applied is not None:
-                self.on_applied()
         except PermanentEventError as error:
             await self._park(msg, event_id, deliveries, str(error))
         except Exception as error:

@@ -1,6 +1,9 @@
-"""Schema migrations with Alembic, one migration tree per service (`services/<name>/migrations`).
+"""Schema migrations with Alembic, one migration tree per service (`services/<name>/migrations/versions`).
 
-Services upgrade their schema at start (MIGRATE_ON_START) or through `alliance db upgrade NAME`.
+The environment (env.py, the revision template) is the foundation's, shared by every service; the
+service's `ServiceSchema` says which MetaData its migrations must build. Services upgrade their
+schema at start (MIGRATE_ON_START) or through `alliance db upgrade NAME`; `alliance db revision
+NAME -m ...` autogenerates the next migration from the service's models and nothing else.
 On PostgreSQL an advisory lock makes replicas that start together take turns.
 """
 
@@ -11,40 +14,52 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData, text
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 
 from services.foundation.db import Database
+from services.foundation.schema import ServiceSchema
+
+ENV_DIR = Path(__file__).parent / "migration_env"
 
 
-def alembic_config(db: Database, migrations_dir: Path) -> Config:
+def alembic_config(db: Database, schema: ServiceSchema) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(migrations_dir))
+    config.set_main_option("script_location", str(ENV_DIR))
+    config.set_main_option("version_locations", str(schema.versions))
+    config.set_main_option("path_separator", "os")
     config.attributes["database"] = db
+    config.attributes["schema"] = schema
     return config
 
 
-def upgrade(db: Database, migrations_dir: Path, revision: str = "head") -> None:
-    command.upgrade(alembic_config(db, migrations_dir), revision)
+def upgrade(db: Database, schema: ServiceSchema, revision: str = "head") -> None:
+    command.upgrade(alembic_config(db, schema), revision)
+
+
+def check(db: Database, schema: ServiceSchema) -> None:
+    """Raise if the database at head differs from the service's models (a model changed without
+    a migration, or a migration built something the models do not have)."""
+    command.check(alembic_config(db, schema))
 
 
 def current_revision(db: Database) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     with db.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def run_env(target_metadata: MetaData, lock_name: str) -> None:
-    """The body of every service's migrations/env.py (online mode only: we always have the DB)."""
+def run_env() -> None:
+    """The body of the shared env.py (online mode only: we always have the database)."""
     db: Database = context.config.attributes["database"]
+    schema: ServiceSchema = context.config.attributes["schema"]
+    key = zlib.crc32(f"alliance-{schema.service}-migrations".encode())
     with db.engine.connect() as connection:
         if not db.is_sqlite:
-            key = zlib.crc32(lock_name.encode())
             connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
         try:
             context.configure(
                 connection=connection,
-                target_metadata=target_metadata,
+                target_metadata=schema.complete_metadata(),
                 render_as_batch=db.is_sqlite,  # SQLite alters tables by copy
                 compare_type=True,
             )

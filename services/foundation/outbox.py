@@ -1,7 +1,9 @@
 """Transactional outbox: events are rows committed with the business change, then relayed.
 
-A unit of work calls `add_event(session, subject, message)`; the row commits or rolls back with
+A unit of work calls `add_event(session, event, message)`; the row commits or rolls back with
 the change it describes, so there is never an event without a change or a change without an event.
+The commit that added events wakes the relay (through the Database), so no servicer or consumer
+has to tell it; the relay also polls, for events committed by another replica or before a crash.
 `OutboxRelay` publishes pending rows in order with `Nats-Msg-Id` = event id and marks them: a crash
 between publishing and marking republishes, which JetStream's duplicate window (and every
 consumer's inbox) turns into a no-op.
@@ -18,10 +20,12 @@ from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge
 from sqlalchemy import JSON, Column, Index, LargeBinary, Row, delete, update
 from sqlalchemy import select as sa_select
-from sqlmodel import Field, Session, SQLModel, col
+from sqlmodel import Field, Session, col
 
 from services.foundation.bus import EventBus
-from services.foundation.db import Database, UTCDateTime, utcnow
+from services.foundation.db import Database, UTCDateTime, after_commit, utcnow
+from services.foundation.events import Event
+from services.foundation.schema import KitTable
 from services.foundation.stopping import sleep_or_stop, wait_or_stop
 
 log = logging.getLogger("alliance.outbox")
@@ -30,7 +34,7 @@ PUBLISHED = Counter("alliance_outbox_published_total", "events relayed from the 
 PENDING = Gauge("alliance_outbox_pending", "outbox rows not yet published (last seen by the relay)")
 
 
-class OutboxEvent(SQLModel, table=True):
+class OutboxEvent(KitTable, table=True):
     __tablename__ = "outbox_event"
     __table_args__ = (Index("ix_outbox_event_pending", "published_at", "seq"),)
 
@@ -48,8 +52,10 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def event_row(subject: str, message: Message, *, headers: dict[str, str] | None = None) -> dict[str, object]:
-    """The outbox row of an event, for bulk inserts. Sets `message.event_id` if the message has one."""
+def event_row(event: Event[Message], message: Message, *, headers: dict[str, str] | None = None) -> dict[str, object]:
+    """The outbox row of an event, for `add_event_rows`. Sets `message.event_id` if it has one."""
+    event.check(message)
+    subject = event.subject
     event_id = getattr(message, "event_id", "") or new_event_id()
     if hasattr(message, "event_id"):
         message.event_id = event_id  # type: ignore[attr-defined]
@@ -64,11 +70,33 @@ def event_row(subject: str, message: Message, *, headers: dict[str, str] | None 
     }
 
 
-def add_event(session: Session, subject: str, message: Message, *, headers: dict[str, str] | None = None) -> str:
+def add_event(
+    session: Session, event: Event[Message], message: Message, *, headers: dict[str, str] | None = None
+) -> str:
     """Stage an event in the caller's transaction; returns its event id."""
-    row = event_row(subject, message, headers=headers)
+    row = event_row(event, message, headers=headers)
     session.add(OutboxEvent(**row))
+    _wake_relay_after_commit(session)
     return str(row["event_id"])
+
+
+def add_event_rows(session: Session, rows: list[dict[str, object]]) -> None:
+    """Stage many `event_row`s with one bulk insert (the Earn batch's path)."""
+    if rows:
+        session.connection().execute(OutboxEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
+        _wake_relay_after_commit(session)
+
+
+_WAKE_STAGED = "alliance.outbox.wake"
+
+
+def _wake_relay_after_commit(session: Session) -> None:
+    if session.info.get(_WAKE_STAGED):
+        return
+    session.info[_WAKE_STAGED] = True
+    db = Database.of(session)
+    if db is not None:
+        after_commit(session, db.events_committed)
 
 
 # How long the drain on shutdown may take; it must fit in the host's shutdown grace.
@@ -91,6 +119,7 @@ class OutboxRelay:
         self.idle_seconds = idle_seconds
         self.retention = retention
         self._wake = asyncio.Event()
+        self.waiting = False  # idle until woken or the next poll (tests wait for it)
 
     def notify(self) -> None:
         """Called after a commit that added events, so they go out now rather than at the next poll."""
@@ -111,7 +140,9 @@ class OutboxRelay:
                 await sleep_or_stop(stop, 1.0)
             if published < self.batch_size:
                 self._wake.clear()
+                self.waiting = True
                 await wait_or_stop(asyncio.wait_for(self._wake.wait(), self.idle_seconds), stop)
+                self.waiting = False
         # Drain on shutdown, so events committed by the final calls are not left waiting for the
         # next start. The final calls can leave more than one batch.
         try:

@@ -1,16 +1,18 @@
 """Settings shared by every service: environment variables with documented defaults.
 
-Each service subclasses `ServiceSettings` to set its own defaults (port, database file). The same
-fields are also command-line options, so `alliance serve points --help` documents every variable.
+A service subclasses `ServiceSettings` only to add settings of its own. Its defaults for the
+shared ones (ports from the port table, database `var/<name>.db`) come from `for_service`, so no
+service redeclares a base field to change a default. The same fields are also command-line
+options, so `alliance serve points --help` documents every variable.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import Field
+from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +35,22 @@ class ServiceSettings(BaseSettings):
     )
     migrate_on_start: bool = Field(True, description="upgrade the database schema before serving")
     max_concurrent_rpcs: int = Field(512, gt=0, description="calls served at once; more wait in the queue")
+
+    @classmethod
+    def for_service(cls, name: str, *, grpc_port: int, metrics_port: int) -> type[Self]:
+        """This settings class with one service's defaults: its ports and `var/<name>.db`."""
+        defaults = {
+            "grpc_port": grpc_port,
+            "metrics_port": metrics_port,
+            "database_url": f"sqlite:///var/{name}.db",
+        }
+        fields: dict[str, Any] = {}
+        for field_name, default in defaults.items():
+            info = cls.model_fields[field_name]
+            # The base field's constraints (ge, le) stay, with the new default.
+            annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            fields[field_name] = (annotation, Field(default, description=info.description))
+        return create_model(cls.__name__, __base__=cls, **fields)
 
     @classmethod
     def env_name(cls, field: str) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,6 +11,7 @@ from sqlmodel import Session
 
 from alliance.v1 import benefits_pb2 as api
 from alliance.v1 import benefits_pb2_grpc
+from services.foundation import validation
 from services.foundation.db import Database, after_commit, utcnow
 from services.foundation.errors import InvalidArgument, NotFound
 from services.points import benefits_store, commands
@@ -23,18 +23,8 @@ from services.points.stamps import ts, ts_fields
 
 
 def moment(value: Timestamp, present: bool, name: str) -> datetime:
-    """An optional time: now when absent; malformed values are refused."""
-    if not present:
-        return utcnow()
-    if value.nanos < 0 or value.nanos > 999_999_999:
-        raise InvalidArgument(name, "has nanos out of range")
-    try:
-        when = value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError) as error:
-        raise InvalidArgument(name, f"is not a valid time ({error})") from error
-    if not 2000 <= when.year <= 2100:
-        raise InvalidArgument(name, "must be between the years 2000 and 2100")
-    return when
+    """An optional time of a request: now when absent."""
+    return validation.timestamp(value, name, present=present, now=utcnow(), required=False)
 
 
 def quote_input(customer_id: str, merchant_id: str, category: str, amount: str, at: datetime) -> QuoteInput:
@@ -76,11 +66,10 @@ def applied_fields(offer: AppliedOffer) -> dict[str, str]:
 
 
 class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
-    def __init__(self, db: Database, book: BenefitBook, view: BenefitsView, on_commit: Callable[[], None]) -> None:
+    def __init__(self, db: Database, book: BenefitBook, view: BenefitsView) -> None:
         self.db = db
         self.book = book
         self.view = view
-        self.on_commit = on_commit
 
     def to_api(self, quote: Quote, inp: QuoteInput, state: CustomerState) -> api.Quote:
         return api.Quote(
@@ -138,10 +127,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
             after_commit(session, self.view.forget_budgets)
             return response
 
-        response = await self.db.run(unit)
-        if not response.replayed:
-            self.on_commit()
-        return response
+        return await self.db.run(unit)
 
     async def GetEntitlements(
         self, request: api.GetEntitlementsRequest, context: grpc.aio.ServicerContext

@@ -20,11 +20,10 @@ from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, FailedPrecondition
 from services.foundation.outbox import add_event
 from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, Usage
+from services.points.events import CLAIMED
 from services.points.models import BenefitClaim, CustomerAum, FreeItemUsage, OfferBudget
 from services.points.money import from_cents, to_cents
 from services.points.stamps import new_id, ts
-
-SUBJECT_CLAIMED = "benefits.v1.claimed"
 
 QuoteToApi = Callable[[Quote, QuoteInput, "CustomerState"], api.Quote]
 
@@ -120,7 +119,7 @@ def claim(session: Session, cmd: ClaimCommand, book: BenefitBook, to_api: QuoteT
     )
     add_event(
         session,
-        SUBJECT_CLAIMED,
+        CLAIMED,
         api.BenefitClaimed(
             claim_id=claim_id,
             customer_id=inp.customer_id,

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.foundation.errors import InvalidArgument
+from services.points.campaigns.evaluation import EarnEvent
 
 MAX_KEY = 128
 MAX_ID = 64
@@ -38,6 +39,11 @@ class EarnCommand:
     amount: Decimal | None
     attributes: Mapping[str, str]
     request_hash: str
+
+    @property
+    def event(self) -> EarnEvent:
+        """What the campaign rules see of this Earn."""
+        return EarnEvent(self.event_type, self.occurred_at, self.amount, self.attributes)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ from alliance.v1 import points_events_pb2 as events
 from alliance.v1 import points_pb2 as api
 from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, DomainError
-from services.foundation.outbox import OutboxEvent, event_row
+from services.foundation.outbox import add_event_rows, event_row
 from services.foundation.upsert import insert_ignoring_conflicts, insert_or_replace
 from services.points.campaigns.book import Candidate
 from services.points.commands import EarnCommand
+from services.points.events import AWARDED
 from services.points.limits import cap_windows, limit
 from services.points.models import (
     CampaignBudget,
@@ -39,15 +40,12 @@ from services.points.models import (
 )
 from services.points.stamps import new_id, ts, ts_fields
 
-SUBJECT_AWARDED = "points.v1.awarded"
-
 TXN = PointsTransaction.__table__  # type: ignore[attr-defined]
 ACCOUNT = PointsAccount.__table__  # type: ignore[attr-defined]
 USAGE = CampaignUsage.__table__  # type: ignore[attr-defined]
 BUDGET = CampaignBudget.__table__  # type: ignore[attr-defined]
 LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
 LOT = PointLot.__table__  # type: ignore[attr-defined]
-OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def earn_many(session: Session, items: Sequence[EarnItem]) -> list[api.EarnRespo
         done[cmd.idempotency_key] = _Done(response.transaction_id, cmd.request_hash, serialized)
         results.append(response)
 
-    _write(conn, writes, balances, touched_users, usage, touched_usage, awarded, now)
+    _write(session, writes, balances, touched_users, usage, touched_usage, awarded, now)
     return results
 
 
@@ -209,7 +207,7 @@ def _decide(
     if response.points:
         writes.outbox.append(
             event_row(
-                SUBJECT_AWARDED,
+                AWARDED,
                 events.PointsAwarded(
                     transaction_id=txn_id,
                     user_id=cmd.user_id,
@@ -309,7 +307,7 @@ def _lock_budgets(conn: Connection, campaigns: list[str], now: datetime) -> dict
 
 
 def _write(
-    conn: Connection,
+    session: Session,
     writes: _Writes,
     balances: dict[str, int],
     touched_users: set[str],
@@ -318,14 +316,15 @@ def _write(
     awarded: dict[str, int],
     now: datetime,
 ) -> None:
+    conn = session.connection()
     for table, rows in (
         (LEDGER, writes.ledger),
         (LOT, writes.lots),
         (TXN, writes.transactions),
-        (OUTBOX, writes.outbox),
     ):
         if rows:
             conn.execute(table.insert(), rows)
+    add_event_rows(session, writes.outbox)
     if touched_users:
         conn.execute(
             update(ACCOUNT)

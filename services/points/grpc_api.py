@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import grpc
 
 from alliance.v1 import points_pb2 as api
 from alliance.v1 import points_pb2_grpc
+from services.foundation import validation
 from services.foundation.batching import MicroBatcher
 from services.foundation.db import Database, utcnow
 from services.foundation.errors import DomainError, InvalidArgument
 from services.points import commands, ledger
-from services.points.campaigns.book import CampaignBook, EarnEvent
+from services.points.campaigns.book import CampaignBook
 from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
 from services.points.earn_batch import EarnItem, earn_many
 from services.points.spend_multipliers import SpendMultipliers
@@ -28,8 +29,8 @@ def earn_command(request: api.EarnRequest) -> EarnCommand:
         idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
         user_id=commands.required_text(request.user_id, "user_id"),
         event_type=commands.event_type(request.event_type),
-        occurred_at=commands.timestamp(
-            request.occurred_at, "occurred_at", present=request.HasField("occurred_at"), now=utcnow()
+        occurred_at=validation.timestamp(
+            request.occurred_at, "occurred_at", present=request.HasField("occurred_at"), now=utcnow(), future=False
         ),
         amount=commands.amount(request.amount),
         attributes=commands.attributes(request.attributes),
@@ -37,34 +38,24 @@ def earn_command(request: api.EarnRequest) -> EarnCommand:
     )
 
 
-def evaluate(book: CampaignBook, cmd: EarnCommand) -> list:  # type: ignore[type-arg]
-    event = EarnEvent(cmd.event_type, cmd.occurred_at, cmd.amount, cmd.attributes)
-    return list(book.evaluate(event).candidates)
-
-
 class PointsServicer(points_pb2_grpc.PointsServicer):
     def __init__(
         self,
         db: Database,
         book: CampaignBook,
-        on_commit: Callable[[], None],
         multipliers: SpendMultipliers | None = None,
     ) -> None:
         self.db = db
         self.book = book
-        self.on_commit = on_commit  # wakes the outbox relay
         self.multipliers = multipliers
         self.earns: MicroBatcher[EarnItem, api.EarnResponse] = MicroBatcher(self._earn_batch, name="earn")
 
     async def _earn_batch(self, items: Sequence[EarnItem]) -> Sequence[api.EarnResponse | DomainError]:
-        results = await self.db.run(lambda s: earn_many(s, items))
-        if any(isinstance(r, api.EarnResponse) and r.points and not r.replayed for r in results):
-            self.on_commit()
-        return results
+        return await self.db.run(lambda s: earn_many(s, items))
 
     async def Earn(self, request: api.EarnRequest, context: grpc.aio.ServicerContext) -> api.EarnResponse:
         cmd = earn_command(request)
-        candidates = evaluate(self.book, cmd)
+        candidates = self.book.candidates(cmd.event)
         if self.multipliers is not None:
             candidates = await self.multipliers.apply(cmd, candidates)
         return await self.earns.submit(EarnItem(cmd, candidates))
@@ -78,10 +69,7 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
             description=request.description.strip()[:512],
             request_hash=commands.request_hash(request),
         )
-        response = await self.db.run(lambda s: ledger.redeem(s, cmd))
-        if not response.replayed:
-            self.on_commit()
-        return response
+        return await self.db.run(lambda s: ledger.redeem(s, cmd))
 
     async def Reverse(self, request: api.ReverseRequest, context: grpc.aio.ServicerContext) -> api.ReverseResponse:
         if request.points < 0:
@@ -94,10 +82,7 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
             allow_partial=request.allow_partial,
             request_hash=commands.request_hash(request),
         )
-        response = await self.db.run(lambda s: ledger.reverse(s, cmd))
-        if not response.replayed:
-            self.on_commit()
-        return response
+        return await self.db.run(lambda s: ledger.reverse(s, cmd))
 
     async def GetBalance(self, request: api.GetBalanceRequest, context: grpc.aio.ServicerContext) -> api.Balance:
         user_id = commands.required_text(request.user_id, "user_id")

@@ -28,6 +28,7 @@ from services.foundation.outbox import add_event
 from services.points.campaigns.book import Candidate
 from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
 from services.points.earn_batch import EarnItem, earn_many
+from services.points.events import EXPIRED, REDEEMED, REVERSED
 from services.points.models import (
     CampaignBudget,
     EntryKind,
@@ -41,9 +42,6 @@ from services.points.stamps import new_id, ts
 
 R = TypeVar("R", bound=Message)
 
-SUBJECT_REDEEMED = "points.v1.redeemed"
-SUBJECT_REVERSED = "points.v1.reversed"
-SUBJECT_EXPIRED = "points.v1.expired"
 EXPIRING_SOON = timedelta(days=30)
 
 _KIND_TO_API = {
@@ -151,7 +149,7 @@ def _expire_lots(session: Session, account: PointsAccount, lots: Sequence[PointL
     )
     add_event(
         session,
-        SUBJECT_EXPIRED,
+        EXPIRED,
         events.PointsExpired(
             transaction_id=txn_id,
             user_id=account.user_id,
@@ -229,7 +227,7 @@ def redeem(session: Session, cmd: RedeemCommand) -> api.RedeemResponse:
     )
     add_event(
         session,
-        SUBJECT_REDEEMED,
+        REDEEMED,
         events.PointsRedeemed(
             transaction_id=txn_id,
             user_id=cmd.user_id,
@@ -295,7 +293,7 @@ def reverse(session: Session, cmd: ReverseCommand) -> api.ReverseResponse:
     )
     add_event(
         session,
-        SUBJECT_REVERSED,
+        REVERSED,
         events.PointsReversed(
             transaction_id=txn_id,
             user_id=original.user_id,

@@ -9,11 +9,21 @@ redemptions spend the oldest-expiring points first and expiry knows what to take
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import BigInteger, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from services.foundation.db import UTCDateTime, utcnow
+from services.foundation.schema import ServiceSchema
+
+
+class PointsTable(SQLModel, registry=registry()):
+    """Base of the points service's tables: they go on its own MetaData, nobody else's."""
+
+
+SCHEMA = ServiceSchema("points", PointsTable, migrations=Path(__file__).parent / "migrations")
 
 
 class EntryKind:
@@ -24,7 +34,7 @@ class EntryKind:
     EXPIRE = "expire"
 
 
-class PointsTransaction(SQLModel, table=True):
+class PointsTransaction(PointsTable, table=True):
     """One Earn, Redeem, Reverse or expiry; the unit an idempotency key and a reversal refer to."""
 
     __tablename__ = "points_transaction"
@@ -45,7 +55,7 @@ class PointsTransaction(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-class LedgerEntry(SQLModel, table=True):
+class LedgerEntry(PointsTable, table=True):
     __tablename__ = "ledger_entry"
     __table_args__ = (Index("ix_ledger_entry_user_id_id", "user_id", "id"),)
 
@@ -65,7 +75,7 @@ class LedgerEntry(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-class PointsAccount(SQLModel, table=True):
+class PointsAccount(PointsTable, table=True):
     __tablename__ = "points_account"
 
     user_id: str = Field(primary_key=True, max_length=64)
@@ -74,7 +84,7 @@ class PointsAccount(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-class PointLot(SQLModel, table=True):
+class PointLot(PointsTable, table=True):
     """What is left of one earn entry; spent oldest-expiring first."""
 
     __tablename__ = "point_lot"
@@ -93,7 +103,7 @@ class PointLot(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-class LotAllocation(SQLModel, table=True):
+class LotAllocation(PointsTable, table=True):
     """Which lots a debit (redemption, clawback) took points from, so a refund can put them back."""
 
     __tablename__ = "lot_allocation"
@@ -104,7 +114,7 @@ class LotAllocation(SQLModel, table=True):
     points: int
 
 
-class CampaignUsage(SQLModel, table=True):
+class CampaignUsage(PointsTable, table=True):
     """Points a user got from a campaign in a cap window (day, week, campaign)."""
 
     __tablename__ = "campaign_usage"
@@ -115,7 +125,7 @@ class CampaignUsage(SQLModel, table=True):
     points: int = 0
 
 
-class CampaignBudget(SQLModel, table=True):
+class CampaignBudget(PointsTable, table=True):
     """Points a campaign has awarded net of clawbacks, checked against its budget."""
 
     __tablename__ = "campaign_budget"
@@ -129,7 +139,7 @@ class CampaignBudget(SQLModel, table=True):
 # Money is stored in cents (integers): exact on SQLite and PostgreSQL alike.
 
 
-class CustomerAum(SQLModel, table=True):
+class CustomerAum(PointsTable, table=True):
     """A customer's assets at the bank as core banking last reported them; decides the tier."""
 
     __tablename__ = "customer_aum"
@@ -140,7 +150,7 @@ class CustomerAum(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)  # change feed
 
 
-class BenefitClaim(SQLModel, table=True):
+class BenefitClaim(PointsTable, table=True):
     __tablename__ = "benefit_claim"
 
     id: str = Field(primary_key=True, max_length=32)
@@ -158,7 +168,7 @@ class BenefitClaim(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)  # change feed
 
 
-class FreeItemUsage(SQLModel, table=True):
+class FreeItemUsage(PointsTable, table=True):
     """Free items a customer took from an offer in a calendar year (campaign time zone)."""
 
     __tablename__ = "free_item_usage"
@@ -170,7 +180,7 @@ class FreeItemUsage(SQLModel, table=True):
     used: int = 0
 
 
-class OfferBudget(SQLModel, table=True):
+class OfferBudget(PointsTable, table=True):
     """Discount an offer has given in total, checked against its budget."""
 
     __tablename__ = "offer_budget"

@@ -8,11 +8,6 @@ from services.foundation.settings import ServiceSettings
 
 
 class PointsSettings(ServiceSettings):
-    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port of Points and Benefits")
-    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics HTTP port (0: off)")
-    database_url: str = Field(
-        "sqlite:///var/points.db", description="sqlite:///path/file.db or postgresql://user@host:5432/db"
-    )
     expiry_sweep_seconds: float = Field(60.0, gt=0, description="how often expired points are written off")
     quote_cache_seconds: float = Field(
         5.0,

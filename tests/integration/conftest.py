@@ -17,7 +17,7 @@ import pytest
 from alliance.v1 import points_pb2_grpc
 from services.foundation.host import ServiceHost
 from services.foundation.nats_server import EmbeddedNats
-from services.points import app as points_app
+from services.points.service import SERVICE as POINTS
 from services.points.settings import PointsSettings
 
 # Terms chosen for the tests: easy sums, a daily cap and a budget small enough to hit.
@@ -96,7 +96,7 @@ def points_settings(database_url: str, nats_url: str, rules_dir: Path, **overrid
 @pytest.fixture
 async def points(database_url: str, nats_server: EmbeddedNats, rules_dir: Path) -> AsyncIterator[PointsUnderTest]:
     settings = points_settings(database_url, nats_server.url, rules_dir)
-    host = points_app.host(settings)
+    host = ServiceHost(POINTS, settings)
     port = await host.start()
     await asyncio.wait_for(host.bus.ready.wait(), 10)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -20,12 +20,14 @@ from sqlmodel import Session
 
 from alliance.v1 import benefits_pb2_grpc
 from services.foundation.db import Database, after_commit
+from services.foundation.host import ServiceHost
 from services.foundation.migrations import upgrade
 from services.foundation.nats_server import EmbeddedNats
-from services.points import app as points_app
 from services.points import benefits_store
 from services.points.benefits_view import RELOAD_BATCH, BenefitsView
+from services.points.models import SCHEMA as POINTS_SCHEMA
 from services.points.models import CustomerAum
+from services.points.service import SERVICE as POINTS
 from tests.integration.conftest import points_settings, write_campaign
 from tests.integration.test_benefits_api import CINEMA, claim_request, quote_request, set_aum
 from tests.integration.waiting import eventually
@@ -45,7 +47,7 @@ async def replicas(
     hosts, channels = [], []
     try:
         for _ in range(2):
-            host = points_app.host(points_settings(database_url, nats_server.url, rules, quote_cache_seconds=0.3))
+            host = ServiceHost(POINTS, points_settings(database_url, nats_server.url, rules, quote_cache_seconds=0.3))
             port = await host.start()
             hosts.append(host)
             channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
@@ -120,7 +122,7 @@ class GatedDatabase(Database):
 @pytest.fixture
 def db(database_url: str) -> Iterator[GatedDatabase]:
     database = GatedDatabase(database_url)
-    upgrade(database, points_app.MIGRATIONS)
+    upgrade(database, POINTS_SCHEMA)
     yield database
     database.close()
 
@@ -442,7 +444,7 @@ async def test_after_commit_runs_on_the_loop_only_when_the_unit_commits(db: Gate
 
 def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path / 'rw.db'}")
-    upgrade(database, points_app.MIGRATIONS)
+    upgrade(database, POINTS_SCHEMA)
     store_aum(database, "c-1", "1000")
     writer = sqlite3.connect(tmp_path / "rw.db", isolation_level=None)
     try:
@@ -463,7 +465,7 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
 
 def test_reads_cannot_write(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path / 'ro.db'}")
-    upgrade(database, points_app.MIGRATIONS)
+    upgrade(database, POINTS_SCHEMA)
     try:
         with pytest.raises(Exception, match=r"readonly|read-only|query_only"):
             asyncio.run(database.read(lambda s: store_aum_in(s)))

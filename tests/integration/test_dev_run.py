@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.cli.dev_run import PORTS
 from services.foundation.nats_server import free_port
+from services.registry import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def _port_offset() -> int:
     """An offset at which every port `alliance run` opens is free (a dev suite may hold the defaults)."""
     for _ in range(50):
         offset = random.randrange(1000, 5000)
-        if all(_free(port + offset) for ports in PORTS.values() for port in ports):
+        if all(_free(port + offset) for entry in SERVICES.values() for port in (entry.grpc_port, entry.metrics_port)):
             return offset
     raise AssertionError("no free ports for alliance run")
 
@@ -99,7 +99,7 @@ class _Output:
 
 def test_ctrl_c_stops_the_services_before_nats(tmp_path: Path) -> None:
     nats_port, offset = free_port(), _port_offset()
-    grpc_port = PORTS["points"][0] + offset
+    grpc_port = SERVICES["points"].grpc_port + offset
     suite = subprocess.Popen(
         [
             *(sys.executable, "-m", "services.cli", "run", "--var", str(tmp_path / "var")),
@@ -117,7 +117,7 @@ def test_ctrl_c_stops_the_services_before_nats(tmp_path: Path) -> None:
 
         # The bus connects after the server starts serving: Ctrl-C only once every service is on NATS.
         def all_connected(text: str) -> bool:
-            return _bus_messages(text).count(("INFO", "connected to NATS")) >= len(PORTS)
+            return _bus_messages(text).count(("INFO", "connected to NATS")) >= len(SERVICES)
 
         out.wait_for(all_connected, 30, "every service connected to NATS")
         os.killpg(suite.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group

@@ -1,4 +1,5 @@
-"""The outbox relay over real NATS and SQLite: on shutdown it drains everything still queued."""
+"""The outbox relay over real NATS and SQLite: a commit that added events wakes it; on shutdown it
+drains everything still queued."""
 
 from __future__ import annotations
 
@@ -7,21 +8,25 @@ from pathlib import Path
 
 import nats
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 from sqlmodel import Session
 
 from services.foundation.bus import EventBus
 from services.foundation.db import Database
+from services.foundation.events import Event
 from services.foundation.nats_server import EmbeddedNats
 from services.foundation.outbox import OutboxEvent, OutboxRelay, add_event
+from tests.integration.waiting import eventually
 
-SUBJECT = "points.v1.awarded"
+HAPPENED = Event("test.v1.happened", Empty)
+SUBJECT = HAPPENED.subject
 
 
 async def _stored(url: str) -> int:
     nc = await nats.connect(url)
     try:
-        info = await nc.jetstream().stream_info("POINTS", subjects_filter=SUBJECT)
+        info = await nc.jetstream().stream_info("TEST", subjects_filter=SUBJECT)
         return int((info.state.subjects or {}).get(SUBJECT, 0))
     finally:
         await nc.close()
@@ -34,11 +39,11 @@ async def test_shutdown_drains_more_than_one_batch(tmp_path: Path, scratch_nats:
     bus = EventBus(scratch_nats.url, name="outbox-test")
     await bus.connect()
     try:
-        await bus.ensure_stream("points")
+        await bus.ensure_stream("test")
 
         def queue(session: Session) -> None:
             for _ in range(10):
-                add_event(session, SUBJECT, Empty())
+                add_event(session, HAPPENED, Empty())
 
         await db.run(queue)
         relay = OutboxRelay(db, bus, batch_size=4)
@@ -53,3 +58,44 @@ async def test_shutdown_drains_more_than_one_batch(tmp_path: Path, scratch_nats:
     finally:
         await bus.close()
         db.close()
+
+
+async def test_a_commit_that_added_an_event_wakes_the_relay(tmp_path: Path, scratch_nats: EmbeddedNats) -> None:
+    scratch_nats.start()
+    db = Database(f"sqlite:///{tmp_path / 'outbox.db'}")
+    OutboxEvent.__table__.create(db.engine)  # type: ignore[attr-defined]
+    bus = EventBus(scratch_nats.url, name="outbox-test")
+    await bus.connect()
+    # An hour between polls: only the wake-up from the commit can publish within the deadline.
+    relay = OutboxRelay(db, bus, idle_seconds=3600)
+    db.events_committed = relay.notify
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await bus.ensure_stream("test")
+        await eventually(lambda: _relay_idle(relay))
+        await db.run(lambda s: add_event(s, HAPPENED, Empty()))
+        await eventually(lambda: _stored_at_least(scratch_nats.url, 1), timeout=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await bus.close()
+        db.close()
+
+
+async def _relay_idle(relay: OutboxRelay) -> bool:
+    return relay.waiting
+
+
+async def _stored_at_least(url: str, count: int) -> bool:
+    return await _stored(url) >= count
+
+
+def test_an_event_is_refused_with_a_message_of_another_type() -> None:
+    with Session() as session:
+        try:
+            add_event(session, HAPPENED, Timestamp())
+        except TypeError as error:
+            assert "test.v1.happened carries google.protobuf.Empty" in str(error)
+        else:
+            raise AssertionError("expected a TypeError")

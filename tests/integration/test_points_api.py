@@ -10,7 +10,7 @@ import pytest
 
 from alliance.v1 import points_pb2 as api
 from services.points import ledger
-from services.points.expiry import ExpirySweeper
+from services.points.expiry import sweep_expired
 from tests.integration.conftest import PointsUnderTest, write_campaign
 from tests.integration.points_calls import earn_request, redeem_request, reverse_request
 from tests.integration.waiting import eventually
@@ -145,7 +145,7 @@ async def test_expired_points_are_not_spendable_and_are_written_off(points: Poin
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await points.stub.Redeem(redeem_request(user, 5))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert await ExpirySweeper(points.host.db, 60, lambda: None).sweep_once() >= 1
+    assert await sweep_expired(points.host.db) >= 1
     page = await points.stub.ListLedger(api.ListLedgerRequest(user_id=user))
     assert [e.kind for e in page.entries] == [api.ENTRY_KIND_EXPIRE, api.ENTRY_KIND_EARN]
     assert page.entries[0].points == -5

@@ -15,8 +15,9 @@ from sqlalchemy import text
 from alliance.v1 import points_pb2, points_pb2_grpc
 from services.foundation.child_service import ServiceProcess
 from services.foundation.db import Database
+from services.foundation.host import ServiceHost
 from services.foundation.nats_server import EmbeddedNats
-from services.points import app as points_app
+from services.points.service import SERVICE as POINTS
 from tests.integration.conftest import points_settings
 from tests.integration.points_calls import earn_request
 from tests.integration.waiting import eventually
@@ -145,7 +146,7 @@ async def test_nats_restart_loses_no_event(
     tmp_path: Path, rules_dir: Path, scratch_nats: EmbeddedNats, user: str
 ) -> None:
     scratch_nats.start()
-    host = points_app.host(points_settings(f"sqlite:///{tmp_path / 'p.db'}", scratch_nats.url, rules_dir))
+    host = ServiceHost(POINTS, points_settings(f"sqlite:///{tmp_path / 'p.db'}", scratch_nats.url, rules_dir))
     port = await host.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

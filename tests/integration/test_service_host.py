@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 from alembic import command
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -11,7 +9,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.foundation import migrations
 from services.foundation.db import Database
-from services.points import app as points_app
+from services.points.models import SCHEMA as POINTS_SCHEMA
 from tests.integration.conftest import PointsUnderTest
 
 
@@ -35,12 +33,12 @@ async def test_health_and_reflection_list_every_service(points: PointsUnderTest)
 def test_migrations_match_the_models(database_url: str) -> None:
     db = Database(database_url)
     try:
-        migrations.upgrade(db, points_app.MIGRATIONS)
+        migrations.upgrade(db, POINTS_SCHEMA)
         assert migrations.current_revision(db) is not None
         # Fails when a model changed without a migration.
-        command.check(migrations.alembic_config(db, Path(points_app.MIGRATIONS)))
-        command.downgrade(migrations.alembic_config(db, Path(points_app.MIGRATIONS)), "base")
-        migrations.upgrade(db, points_app.MIGRATIONS)
+        command.check(migrations.alembic_config(db, POINTS_SCHEMA))
+        command.downgrade(migrations.alembic_config(db, POINTS_SCHEMA), "base")
+        migrations.upgrade(db, POINTS_SCHEMA)
     finally:
         db.close()
 

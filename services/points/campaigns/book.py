@@ -159,6 +159,10 @@ class CampaignBook:
     def active(self, at: datetime) -> list[Campaign]:
         return [entry.campaign for entry in self._snapshot.ordered if entry.campaign.is_active(at)]
 
+    def candidates(self, event: EarnEvent) -> list[Candidate]:
+        """What the event would award (before caps and budgets)."""
+        return list(self.evaluate(event).candidates)
+
     def evaluate(self, event: EarnEvent) -> Evaluation:
         """Candidates for the event (before caps and budgets) and every matched rule, explained."""
         while True:

@@ -10,13 +10,13 @@ import hashlib
 from datetime import UTC
 
 from alliance.v1 import referral_events_pb2
+from services.foundation import validation
 from services.foundation.db import utcnow
 from services.foundation.errors import InvalidArgument
-from services.foundation.inbox import Delivery, PermanentEventError, Unit
+from services.foundation.inbox import Delivery, Handler, PermanentEventError, Unit
 from services.points import commands, ledger
 from services.points.campaigns.book import CampaignBook
 from services.points.commands import EarnCommand
-from services.points.grpc_api import evaluate
 
 SUBJECT = "referral.v1.converted"
 EVENT_TYPE = "referral.converted"
@@ -29,8 +29,8 @@ def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) ->
             idempotency_key=f"{SUBJECT}:{event_id}",
             user_id=commands.required_text(event.referrer_id, "referrer_id"),
             event_type=EVENT_TYPE,
-            occurred_at=commands.timestamp(
-                event.occurred_at, "occurred_at", present=event.HasField("occurred_at"), now=utcnow()
+            occurred_at=validation.timestamp(
+                event.occurred_at, "occurred_at", present=event.HasField("occurred_at"), now=utcnow(), future=False
             ).astimezone(UTC),
             amount=None,
             attributes={
@@ -45,10 +45,10 @@ def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) ->
         raise PermanentEventError(str(error)) from error
 
 
-def handler(book: CampaignBook):  # type: ignore[no-untyped-def]
-    async def on_converted(delivery: Delivery[referral_events_pb2.ReferralConverted]) -> Unit:
+def on_referral_converted(book: CampaignBook) -> Handler[referral_events_pb2.ReferralConverted]:
+    async def handle(delivery: Delivery[referral_events_pb2.ReferralConverted]) -> Unit:
         cmd = earn_command(delivery.event, delivery.event_id)
-        candidates = evaluate(book, cmd)
+        candidates = book.candidates(cmd.event)
         return lambda session: ledger.earn(session, cmd, candidates)
 
-    return on_converted
+    return handle

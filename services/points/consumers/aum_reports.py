@@ -5,21 +5,19 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from alliance.v1 import customer_events_pb2
-from services.foundation.db import after_commit
+from services.foundation import validation
+from services.foundation.db import after_commit, utcnow
 from services.foundation.errors import InvalidArgument
 from services.foundation.inbox import Delivery, Handler, PermanentEventError, Unit
 from services.points import benefits_store, commands
-from services.points.benefits_api import moment
 from services.points.benefits_view import BenefitsView
 
-SUBJECT = "customer.v1.aum_changed"
 
-
-def handler(view: BenefitsView) -> Handler[customer_events_pb2.CustomerAumChanged]:
-    async def on_aum_changed(delivery: Delivery[customer_events_pb2.CustomerAumChanged]) -> Unit:
+def on_aum_changed(view: BenefitsView) -> Handler[customer_events_pb2.CustomerAumChanged]:
+    async def handle(delivery: Delivery[customer_events_pb2.CustomerAumChanged]) -> Unit:
         return aum_report(delivery.event, view)
 
-    return on_aum_changed
+    return handle
 
 
 def aum_report(event: customer_events_pb2.CustomerAumChanged, view: BenefitsView) -> Unit:
@@ -29,9 +27,7 @@ def aum_report(event: customer_events_pb2.CustomerAumChanged, view: BenefitsView
         aum = commands.amount(event.aum, "aum")
         if aum is None:
             raise InvalidArgument("aum", "is required")
-        if not event.HasField("as_of"):
-            raise InvalidArgument("as_of", "is required")
-        as_of = moment(event.as_of, True, "as_of")
+        as_of = validation.timestamp(event.as_of, "as_of", present=event.HasField("as_of"), now=utcnow())
     except InvalidArgument as error:
         raise PermanentEventError(str(error)) from error
 

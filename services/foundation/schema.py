@@ -1,0 +1,57 @@
+"""Each service owns its schema: its own table registry and MetaData, never SQLModel's global one.
+
+    class PointsTable(SQLModel, registry=registry()):  # the service's own table registry
+        pass
+
+    SCHEMA = ServiceSchema("points", PointsTable, migrations=Path(__file__).parent / "migrations")
+
+    class PointsAccount(PointsTable, table=True): ...
+
+Two services can then both define a table called `account`, and a service's migration check and
+autogenerate see exactly its own tables. The tables the kit itself needs in every service's
+database (outbox, inbox, parked events, scheduled-job runs) are declared once on `KitTable` and
+copied into each service's MetaData, so they migrate with the service that carries them.
+
+Why copies work: a kit table has the same name and columns in every service's database, so the
+kit's own statements (built from `KitTable` classes) run unchanged against any of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import MetaData
+from sqlalchemy.orm import registry
+from sqlmodel import SQLModel
+
+
+class KitTable(SQLModel, registry=registry()):
+    """Base of the tables every service carries (declared in the foundation's own modules)."""
+
+
+def _kit_tables_loaded() -> MetaData:
+    # The modules that declare kit tables, imported here so no service has to remember them.
+    from services.foundation import inbox, outbox  # noqa: F401
+
+    return KitTable.metadata
+
+
+class ServiceSchema:
+    def __init__(self, service: str, base: type[SQLModel], *, migrations: Path) -> None:
+        if base.metadata is SQLModel.metadata or base.metadata is KitTable.metadata:
+            raise ValueError(f"{service}: its table base needs a registry of its own (registry=registry())")
+        self.service = service
+        self.base = base
+        self.migrations = Path(migrations)
+        self.metadata: MetaData = base.metadata
+
+    def complete_metadata(self) -> MetaData:
+        """The service's tables plus the kit's: what its migrations must build, exactly."""
+        for table in _kit_tables_loaded().tables.values():
+            if table.name not in self.metadata.tables:
+                table.to_metadata(self.metadata)
+        return self.metadata
+
+    @property
+    def versions(self) -> Path:
+        return self.migrations / "versions"

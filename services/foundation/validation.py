@@ -1,0 +1,44 @@
+"""Request validation shared by every service: each problem is an InvalidArgument naming the
+field, so a caller's operator reads "occurred_at: is in the future (...)" in their own logs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.foundation.errors import InvalidArgument
+
+# Times outside these years are typing mistakes, not business (protobuf allows years 1-9999).
+EARLIEST_YEAR, LATEST_YEAR = 2000, 2100
+# A time stamped this far ahead of the server clock is refused where the future is not allowed:
+# an event from the future could reach a campaign that has not started yet.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def timestamp(
+    value: Timestamp,
+    name: str,
+    *,
+    present: bool,
+    now: datetime,
+    required: bool = True,
+    future: bool = True,
+) -> datetime:
+    """An aware UTC datetime from a Timestamp field. Absent: refused if `required`, else `now`.
+    `future=False` refuses times past the server clock (beyond CLOCK_SKEW)."""
+    if not present:
+        if required:
+            raise InvalidArgument(name, "is required")
+        return now
+    if value.nanos < 0 or value.nanos > 999_999_999:
+        raise InvalidArgument(name, "has nanos out of range")
+    try:
+        when = value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgument(name, f"is not a valid time ({error})") from error
+    if not EARLIEST_YEAR <= when.year <= LATEST_YEAR:
+        raise InvalidArgument(name, f"must be between the years {EARLIEST_YEAR} and {LATEST_YEAR}")
+    if not future and when > now + CLOCK_SKEW:
+        raise InvalidArgument(name, f"is in the future ({when.isoformat()} > server time {now.isoformat()})")
+    return when

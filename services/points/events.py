@@ -1,0 +1,15 @@
+"""The events the points service publishes: its two domains, points and benefits."""
+
+from __future__ import annotations
+
+from alliance.v1 import benefits_pb2, points_events_pb2
+from services.foundation.events import Event, EventCatalog
+
+AWARDED = Event("points.v1.awarded", points_events_pb2.PointsAwarded)
+REDEEMED = Event("points.v1.redeemed", points_events_pb2.PointsRedeemed)
+REVERSED = Event("points.v1.reversed", points_events_pb2.PointsReversed)
+EXPIRED = Event("points.v1.expired", points_events_pb2.PointsExpired)
+POINTS = EventCatalog("points", [AWARDED, REDEEMED, REVERSED, EXPIRED])
+
+CLAIMED = Event("benefits.v1.claimed", benefits_pb2.BenefitClaimed)
+BENEFITS = EventCatalog("benefits", [CLAIMED])

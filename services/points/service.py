@@ -1,0 +1,66 @@
+"""The points service: points (earned by campaign rules, spent in the points mall) and the
+benefits of campaigns (tiered discounts, free items, multipliers), from `rules/campaigns/`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from alliance.v1 import benefits_pb2_grpc, customer_events_pb2, points_pb2_grpc, referral_events_pb2
+from services.foundation.service import Kit, Service
+from services.points import events
+from services.points.benefits.quote import BenefitBook
+from services.points.benefits_api import BenefitsServicer
+from services.points.benefits_view import BenefitsView
+from services.points.campaigns.book import CampaignBook
+from services.points.campaigns.loader import load_campaign
+from services.points.campaigns.model import Campaign
+from services.points.consumers.aum_reports import on_aum_changed
+from services.points.consumers.referral_conversions import on_referral_converted
+from services.points.expiry import sweep_expired
+from services.points.grpc_api import PointsServicer
+from services.points.models import SCHEMA
+from services.points.settings import PointsSettings
+from services.points.spend_multipliers import SpendMultipliers
+
+
+async def build(kit: Kit) -> None:
+    settings = kit.settings
+    assert isinstance(settings, PointsSettings)
+    book, benefits = CampaignBook(), BenefitBook()
+
+    def campaigns_changed(in_force: Mapping[str, Campaign]) -> None:
+        book.replace(in_force)
+        benefits.replace(in_force)
+
+    kit.rules("campaigns", parse=load_campaign, on_change=campaigns_changed)
+    view = BenefitsView(kit.db, ttl_seconds=settings.quote_cache_seconds, max_customers=settings.quote_cache_customers)
+    kit.background(view.run)
+
+    kit.serve(
+        points_pb2_grpc.add_PointsServicer_to_server, PointsServicer(kit.db, book, SpendMultipliers(benefits, view))
+    )
+    kit.serve(benefits_pb2_grpc.add_BenefitsServicer_to_server, BenefitsServicer(kit.db, benefits, view))
+
+    # Durable consumer names are kept from before the kit: a new name would apply every stored event again.
+    kit.consume(
+        "customer.v1.aum_changed",
+        customer_events_pb2.CustomerAumChanged,
+        on_aum_changed(view),
+        name="points-customer-aum",
+    )
+    kit.consume(
+        "referral.v1.converted",
+        referral_events_pb2.ReferralConverted,
+        on_referral_converted(book),
+        name="points-referral-converted",
+    )
+    kit.every(settings.expiry_sweep_seconds, lambda: sweep_expired(kit.db), name="expiry-sweep")
+
+
+SERVICE = Service(
+    name="points",
+    settings=PointsSettings,
+    schema=SCHEMA,
+    publishes=[events.POINTS, events.BENEFITS],
+    build=build,
+)
