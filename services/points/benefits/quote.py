@@ -9,17 +9,16 @@ ones, never a mix.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
+from services.foundation.rules.book import RuleBook, Snapshot
 from services.foundation.rules.conditions import compile_condition
-from services.foundation.rules.directory import report_rejection
-from services.foundation.rules.engine import CompiledRuleset, Matcher, RulesetRemovedError
+from services.foundation.rules.engine import CompiledRuleset, Matcher
 from services.foundation.rules.errors import RuleFileError
 from services.points.benefits.model import (
     WEEKDAYS,
@@ -31,7 +30,6 @@ from services.points.benefits.model import (
     cents,
     percent,
 )
-from services.points.campaigns.loader import find_duplicate_ids
 from services.points.campaigns.model import Campaign
 
 ZERO = Decimal("0.00")
@@ -132,11 +130,12 @@ class _Entry:
     campaign: Campaign
     compiled: CompiledRuleset
 
+    @property
+    def document(self) -> Campaign:
+        return self.campaign
 
-@dataclass(frozen=True)
-class _Snapshot:
-    by_file: Mapping[str, _Entry] = field(default_factory=dict)
-    ordered: tuple[_Entry, ...] = ()  # priority desc, then id
+
+_Snapshot = Snapshot[_Entry]
 
 
 def compile_benefits(matcher: Matcher, campaign: Campaign) -> CompiledRuleset | None:
@@ -195,65 +194,41 @@ class _Active:
         return cls(snapshot, since, until, entries, MappingProxyType(merchants), categories)
 
 
+def _entry(campaign: Campaign, compiled: CompiledRuleset | None) -> _Entry:
+    assert compiled is not None  # every campaign in this book has offers
+    return _Entry(campaign, compiled)
+
+
+def _has_benefits(campaign: Campaign) -> bool:
+    return campaign.benefits is not None
+
+
 class BenefitBook:
     def __init__(self, matcher: Matcher | None = None, name: str = "benefits") -> None:
-        self._matcher = matcher or Matcher()
-        self._name = name
-        self._snapshot = _Snapshot()
+        # Duplicate ids are the campaign book's to report: the same files feed both books.
+        self._book: RuleBook[Campaign, _Entry] = RuleBook(
+            name, compile_benefits, _entry, matcher=matcher, include=_has_benefits, report_duplicates=False
+        )
         self._active = _Active(self._snapshot, _EPOCH, _EPOCH, (), MappingProxyType({}))
-        self._rejected: dict[str, RuleFileError] = {}
-        self._replacing = threading.Lock()
 
-    # -- reload --------------------------------------------------------------------------------
+    @property
+    def _snapshot(self) -> _Snapshot:
+        return self._book.snapshot
+
+    @property
+    def _matcher(self) -> Matcher:
+        return self._book.matcher
 
     def replace(self, campaigns: Mapping[str, Campaign]) -> None:
-        """Put the benefits of exactly these campaigns ({file: campaign}) in force. Campaigns
-        without a benefits section are ignored; a duplicate id is refused as in CampaignBook."""
-        with self._replacing:
-            old = self._snapshot
-            duplicates = find_duplicate_ids(campaigns)
-            entries: dict[str, _Entry] = {}
-            created: list[CompiledRuleset] = []
-            rejected: dict[str, RuleFileError] = {}
-            try:
-                for file in sorted(campaigns):
-                    campaign = campaigns[file]
-                    if file in duplicates or campaign.benefits is None:
-                        continue
-                    previous = old.by_file.get(file)
-                    if previous is not None and previous.campaign.version == campaign.version:
-                        entries[file] = _Entry(campaign, previous.compiled)
-                        continue
-                    try:
-                        compiled = compile_benefits(self._matcher, campaign)
-                    except RuleFileError as error:
-                        rejected[file] = error
-                        if previous is not None:
-                            entries[file] = previous
-                        continue
-                    assert compiled is not None
-                    created.append(compiled)
-                    entries[file] = _Entry(campaign, compiled)
-            except BaseException:
-                for compiled in created:
-                    self._matcher.remove(compiled)
-                raise
-            ordered = sorted(entries.values(), key=lambda e: (-e.campaign.priority, e.campaign.id))
-            self._snapshot = _Snapshot(MappingProxyType(entries), tuple(ordered))
-            kept = {id(e.compiled) for e in entries.values()}
-            for entry in old.ordered:
-                if id(entry.compiled) not in kept:
-                    self._matcher.remove(entry.compiled)
-            for file, error in rejected.items():
-                if str(self._rejected.get(file)) != str(error):
-                    report_rejection(self._name, error)
-            self._rejected = rejected
+        """Put the benefits of exactly these campaigns ({file: campaign}) in force; campaigns
+        without a benefits section are left out (rules: foundation/rules/book.py)."""
+        self._book.replace(campaigns)
 
     # -- reading -------------------------------------------------------------------------------
 
     @property
     def rejected(self) -> Mapping[str, RuleFileError]:
-        return MappingProxyType(dict(self._rejected))
+        return self._book.rejected
 
     def campaigns(self) -> list[Campaign]:
         """Campaigns with benefits in force, by priority (highest first) then id."""
@@ -283,13 +258,7 @@ class BenefitBook:
         """`work` on the campaigns in force; again on the new ones if a reload removed its rules."""
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError(f"at must carry a time zone, got {at.isoformat()}")
-        while True:
-            snapshot = self._snapshot
-            try:
-                return work(snapshot)
-            except RulesetRemovedError:
-                if self._snapshot is snapshot:
-                    raise
+        return self._book.on_current(work)
 
     # -- quote ---------------------------------------------------------------------------------
 

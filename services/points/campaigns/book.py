@@ -7,15 +7,13 @@ during a reload sees the old campaigns or the new ones, never a mix.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from types import MappingProxyType
 
+from services.foundation.rules.book import RuleBook, Snapshot
 from services.foundation.rules.conditions import compile_condition, values_pinned
-from services.foundation.rules.directory import report_rejection
-from services.foundation.rules.engine import CompiledRuleset, Matcher, RulesetRemovedError
+from services.foundation.rules.engine import CompiledRuleset, Matcher
 from services.foundation.rules.errors import RuleFileError
 from services.points.campaigns.evaluation import (
     Candidate,
@@ -25,7 +23,6 @@ from services.points.campaigns.evaluation import (
     decide,
     event_fact,
 )
-from services.points.campaigns.loader import find_duplicate_ids
 from services.points.campaigns.model import Campaign
 
 __all__ = ["CampaignBook", "Candidate", "EarnEvent", "Evaluation", "MatchedRule"]
@@ -41,6 +38,10 @@ class _Entry:
     # evaluation skip the engine for campaigns that cannot fire (most campaigns, most events).
     event_types: frozenset[str] | None = None
 
+    @property
+    def document(self) -> Campaign:
+        return self.campaign
+
 
 def event_types_of(campaign: Campaign) -> frozenset[str] | None:
     if campaign.points is None:
@@ -48,15 +49,8 @@ def event_types_of(campaign: Campaign) -> frozenset[str] | None:
     return values_pinned((rule.when for rule in campaign.points.rules), "event")
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    by_file: Mapping[str, _Entry] = field(default_factory=dict)
-    ordered: tuple[_Entry, ...] = ()  # priority desc, then id
-
-    @classmethod
-    def of(cls, entries: Mapping[str, _Entry]) -> _Snapshot:
-        ordered = sorted(entries.values(), key=lambda e: (-e.campaign.priority, e.campaign.id))
-        return cls(MappingProxyType(dict(entries)), tuple(ordered))
+def _entry(campaign: Campaign, compiled: CompiledRuleset | None) -> _Entry:
+    return _Entry(campaign, compiled, event_types_of(campaign))
 
 
 def compile_campaign(matcher: Matcher, campaign: Campaign) -> CompiledRuleset | None:
@@ -72,79 +66,20 @@ def compile_campaign(matcher: Matcher, campaign: Campaign) -> CompiledRuleset | 
 
 class CampaignBook:
     def __init__(self, matcher: Matcher | None = None, name: str = "campaigns") -> None:
-        self._matcher = matcher or Matcher()
-        self._name = name  # the ruleset label of metrics and logs
-        self._snapshot = _Snapshot()
-        self._rejected: dict[str, RuleFileError] = {}
-        self._replacing = threading.Lock()
-
-    # -- reload --------------------------------------------------------------------------------
+        self._book: RuleBook[Campaign, _Entry] = RuleBook(name, compile_campaign, _entry, matcher=matcher)
 
     def replace(self, campaigns: Mapping[str, Campaign]) -> None:
-        """Put exactly these campaigns ({file: campaign}) in force. A campaign whose id an
-        earlier file (by name) uses is refused; its file's previous campaign, if any, stays."""
-        with self._replacing:
-            old = self._snapshot
-            duplicates = find_duplicate_ids(campaigns)
-            entries: dict[str, _Entry] = {}
-            created: list[CompiledRuleset] = []
-            rejected: dict[str, RuleFileError] = dict(duplicates)
-            try:
-                for file in sorted(campaigns):
-                    if file in duplicates:
-                        continue
-                    entry = self._entry(campaigns[file], old.by_file.get(file), created, rejected)
-                    if entry is not None:
-                        entries[file] = entry
-            except BaseException:
-                for compiled in created:
-                    self._matcher.remove(compiled)
-                raise
-            self._keep_previous(rejected, old, entries)
-            self._snapshot = _Snapshot.of(entries)
-            kept = {id(e.compiled) for e in entries.values()}
-            for entry in old.ordered:
-                if entry.compiled is not None and id(entry.compiled) not in kept:
-                    self._matcher.remove(entry.compiled)
-            for file, error in rejected.items():
-                if str(self._rejected.get(file)) != str(error):  # report each new refusal once
-                    report_rejection(self._name, error)
-            self._rejected = rejected
-
-    def _entry(
-        self,
-        campaign: Campaign,
-        previous: _Entry | None,
-        created: list[CompiledRuleset],
-        rejected: dict[str, RuleFileError],
-    ) -> _Entry | None:
-        if previous is not None and previous.campaign.version == campaign.version:
-            return _Entry(campaign, previous.compiled, previous.event_types)
-        try:
-            compiled = compile_campaign(self._matcher, campaign)
-        except RuleFileError as error:
-            rejected[campaign.file] = error
-            return None
-        if compiled is not None:
-            created.append(compiled)
-        return _Entry(campaign, compiled, event_types_of(campaign))
-
-    @staticmethod
-    def _keep_previous(rejected: Mapping[str, RuleFileError], old: _Snapshot, entries: dict[str, _Entry]) -> None:
-        # A refused file keeps its last good campaign in force, unless that one's id is now taken.
-        ids = {entry.campaign.id for entry in entries.values()}
-        for file in sorted(rejected):
-            previous = old.by_file.get(file)
-            if previous is not None and previous.campaign.id not in ids:
-                entries[file] = previous
-                ids.add(previous.campaign.id)
-
-    # -- reading -------------------------------------------------------------------------------
+        """Put exactly these campaigns ({file: campaign}) in force (rules: foundation/rules/book.py)."""
+        self._book.replace(campaigns)
 
     @property
     def rejected(self) -> Mapping[str, RuleFileError]:
         """Files refused by the book itself (duplicate ids, engine limits)."""
-        return MappingProxyType(dict(self._rejected))
+        return self._book.rejected
+
+    @property
+    def _snapshot(self) -> Snapshot[_Entry]:
+        return self._book.snapshot
 
     def get(self, campaign_id: str) -> Campaign | None:
         for entry in self._snapshot.ordered:
@@ -165,16 +100,9 @@ class CampaignBook:
 
     def evaluate(self, event: EarnEvent) -> Evaluation:
         """Candidates for the event (before caps and budgets) and every matched rule, explained."""
-        while True:
-            snapshot = self._snapshot
-            try:
-                return self._evaluate(snapshot, event)
-            except RulesetRemovedError:
-                if self._snapshot is snapshot:
-                    raise
-                # A reload removed rules this evaluation was using: start again on the new set.
+        return self._book.on_current(lambda snapshot: self._evaluate(snapshot, event))
 
-    def _evaluate(self, snapshot: _Snapshot, event: EarnEvent) -> Evaluation:
+    def _evaluate(self, snapshot: Snapshot[_Entry], event: EarnEvent) -> Evaluation:
         fact = event_fact(event)
         matches = []
         for entry in snapshot.ordered:
@@ -183,7 +111,7 @@ class CampaignBook:
                 continue
             if entry.event_types is not None and event.event_type not in entry.event_types:
                 continue
-            rule_ids = self._matcher.match(entry.compiled, fact)
+            rule_ids = self._book.matcher.match(entry.compiled, fact)
             if rule_ids:
                 matches.append((campaign, [campaign.points.rule(rule_id) for rule_id in rule_ids]))
         return decide(event, matches)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from services.foundation.rules.book import duplicate_ids
 from services.foundation.rules.conditions import NUMERIC_OPERATORS, ConditionError, compile_condition
 from services.foundation.rules.document import load_document
 from services.foundation.rules.errors import Path as DataPath
@@ -67,21 +68,7 @@ def load_campaign(file: str, content: bytes) -> Campaign:
 
 def find_duplicate_ids(campaigns: Mapping[str, Campaign]) -> dict[str, RuleFileError]:
     """Files whose campaign id an earlier file (by name) already uses: {file: error}."""
-    first: dict[str, str] = {}
-    errors: dict[str, RuleFileError] = {}
-    for file in sorted(campaigns):
-        campaign = campaigns[file]
-        if campaign.id in first:
-            errors[file] = RuleFileError(
-                file,
-                campaign.id_line,
-                "campaign",
-                f"campaign id '{campaign.id}' is already used by {first[campaign.id]}; "
-                "this file is not loaded until the id is changed",
-            )
-        else:
-            first[campaign.id] = file
-    return errors
+    return duplicate_ids(campaigns, "campaign")
 
 
 def parse_moment(text: str, tz: ZoneInfo) -> datetime:

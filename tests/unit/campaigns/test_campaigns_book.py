@@ -219,13 +219,13 @@ def test_evaluation_racing_a_reload_uses_the_new_rules(book: CampaignBook) -> No
     load(book, campaign("c", rule("r", SPEND, 2)))  # removes the rules old_snapshot refers to
     assert book._evaluate(book._snapshot, spend()).points == 2
     # An evaluation that started on the old snapshot retries on the new one.
-    book._snapshot, new_snapshot = old_snapshot, book._snapshot
+    book._book.snapshot, new_snapshot = old_snapshot, book._book.snapshot
     calls = []
     original = book._evaluate
 
     def evaluate_then_swap(snapshot, event):  # type: ignore[no-untyped-def]
         calls.append(snapshot)
-        book._snapshot = new_snapshot
+        book._book.snapshot = new_snapshot
         return original(snapshot, event)
 
     book._evaluate = evaluate_then_swap  # type: ignore[method-assign]
