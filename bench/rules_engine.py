@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from services.foundation.rules.engine import Matcher
+from services.points.campaign_file.loader import load_campaign
 from services.points.campaigns.book import CampaignBook, EarnEvent
-from services.points.campaigns.loader import load_campaign
 
 CATEGORIES = ["cinema", "supermarket", "restaurant", "hotel", "travel", "car_service", "bookstore", "gym", "ktv", "spa"]
 

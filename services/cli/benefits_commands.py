@@ -19,10 +19,10 @@ from alliance.v1 import benefits_pb2 as api
 from alliance.v1 import benefits_pb2_grpc
 from services.foundation.rules.engine import Matcher
 from services.foundation.rules.errors import RuleFileError
-from services.points.benefits.model import percent
 from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, UnknownMerchant, Usage
-from services.points.campaigns.loader import load_campaign
-from services.points.campaigns.model import Campaign
+from services.points.campaign_file.benefits_model import percent
+from services.points.campaign_file.loader import load_campaign
+from services.points.campaign_file.model import Campaign
 from services.registry import SERVICES
 
 

@@ -14,10 +14,10 @@ from typing import Any
 from services.foundation.rules.engine import Matcher
 from services.foundation.rules.errors import RuleFileError
 from services.points.benefits.quote import compile_benefits
+from services.points.campaign_file.loader import find_duplicate_ids, load_campaign
+from services.points.campaign_file.model import Campaign
 from services.points.campaigns.book import CampaignBook, compile_campaign
 from services.points.campaigns.evaluation import EarnEvent, Evaluation
-from services.points.campaigns.loader import find_duplicate_ids, load_campaign
-from services.points.campaigns.model import Campaign
 
 RULE_FILE_PATTERNS = ("*.yaml", "*.yml")
 

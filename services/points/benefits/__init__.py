@@ -1,5 +1,2 @@
-"""Benefits of campaigns: tiers, peak/off-peak calendar, merchants, offers, and the pure quote engine.
-
-Import from the submodules (model, loader, quote); this package imports nothing so that the
-campaign loader can use the model without an import cycle.
-"""
+"""The benefits of the campaigns in force: the pure quote engine (tiers, peak/off-peak, offers,
+free items, multipliers). Built on the campaign files of `services.points.campaign_file`."""

@@ -20,7 +20,7 @@ from services.foundation.rules.book import RuleBook, Snapshot
 from services.foundation.rules.conditions import compile_condition
 from services.foundation.rules.engine import CompiledRuleset, Matcher
 from services.foundation.rules.errors import RuleFileError
-from services.points.benefits.model import (
+from services.points.campaign_file.benefits_model import (
     WEEKDAYS,
     BenefitTerms,
     Merchant,
@@ -30,7 +30,7 @@ from services.points.benefits.model import (
     cents,
     percent,
 )
-from services.points.campaigns.model import Campaign
+from services.points.campaign_file.model import Campaign
 
 ZERO = Decimal("0.00")
 R = TypeVar("R")

@@ -15,6 +15,7 @@ from services.foundation.rules.book import RuleBook, Snapshot
 from services.foundation.rules.conditions import compile_condition, values_pinned
 from services.foundation.rules.engine import CompiledRuleset, Matcher
 from services.foundation.rules.errors import RuleFileError
+from services.points.campaign_file.model import Campaign
 from services.points.campaigns.evaluation import (
     Candidate,
     EarnEvent,
@@ -23,7 +24,6 @@ from services.points.campaigns.evaluation import (
     decide,
     event_fact,
 )
-from services.points.campaigns.model import Campaign
 
 __all__ = ["CampaignBook", "Candidate", "EarnEvent", "Evaluation", "MatchedRule"]
 

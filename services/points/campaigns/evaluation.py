@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from services.points.campaigns.model import Campaign, PointsRule, ProportionalAward
+from services.points.campaign_file.model import Campaign, PointsRule, ProportionalAward
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import pytest
 from services.foundation.rules.engine import Matcher
 from services.foundation.rules.errors import RuleFileError
 from services.points.benefits.quote import compile_benefits
+from services.points.campaign_file.loader import load_campaign
 from services.points.campaigns.book import CampaignBook
-from services.points.campaigns.loader import load_campaign
 
 FILE = "rules/campaigns/b.yaml"
 ROOT = Path(__file__).resolve().parents[3]

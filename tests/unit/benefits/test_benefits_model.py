@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.points.benefits.model import (
+from services.points.campaign_file.benefits_model import (
     BenefitTerms,
     Calendar,
     DateRange,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.points.benefits.quote import BenefitBook, QuoteInput, UnknownMerchant, Usage
-from services.points.campaigns.loader import load_campaign
+from services.points.campaign_file.loader import load_campaign
 
 ROOT = Path(__file__).resolve().parents[3]
 

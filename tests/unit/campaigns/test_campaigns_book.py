@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.foundation.rules.engine import Matcher
+from services.points.campaign_file.loader import load_campaign
+from services.points.campaign_file.model import Campaign
 from services.points.campaigns.book import CampaignBook, EarnEvent
 from services.points.campaigns.evaluation import event_fact
-from services.points.campaigns.loader import load_campaign
-from services.points.campaigns.model import Campaign
 
 NOW = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai
 
@@ -234,8 +234,8 @@ def test_evaluation_racing_a_reload_uses_the_new_rules(book: CampaignBook) -> No
 
 
 def test_campaigns_are_skipped_for_event_types_their_rules_cannot_match() -> None:
+    from services.points.campaign_file.loader import load_campaign
     from services.points.campaigns.book import event_types_of
-    from services.points.campaigns.loader import load_campaign
 
     def campaign(when: str) -> object:
         text = f"""

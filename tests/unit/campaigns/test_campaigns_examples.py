@@ -12,8 +12,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from services.foundation.rules.engine import Matcher
+from services.points.campaign_file.loader import load_campaign, schema_path
 from services.points.campaigns.book import CampaignBook, EarnEvent
-from services.points.campaigns.loader import load_campaign, schema_path
 
 REPO = Path(__file__).resolve().parents[3]
 CAMPAIGNS = sorted((REPO / "rules" / "campaigns").glob("*.yaml"))

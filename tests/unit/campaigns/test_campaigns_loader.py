@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.foundation.rules.errors import RuleFileError
-from services.points.campaigns.loader import find_duplicate_ids, load_campaign, schema_path
-from services.points.campaigns.model import FixedAward, ProportionalAward
+from services.points.campaign_file.loader import find_duplicate_ids, load_campaign, schema_path
+from services.points.campaign_file.model import FixedAward, ProportionalAward
 
 FILE = "rules/campaigns/x.yaml"
 

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.points.campaigns.loader import load_campaign
-from services.points.campaigns.model import Expiry, FixedAward, ProportionalAward
+from services.points.campaign_file.loader import load_campaign
+from services.points.campaign_file.model import Expiry, FixedAward, ProportionalAward
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 

@@ -19,8 +19,8 @@ from services.foundation.rules.document import load_document
 from services.foundation.rules.errors import Path as DataPath
 from services.foundation.rules.errors import RuleFileError, format_path
 from services.foundation.rules.located_yaml import LineIndex
-from services.points.benefits.loader import build_benefits
-from services.points.campaigns.model import (
+from services.points.campaign_file.benefits_loader import build_benefits
+from services.points.campaign_file.model import (
     DEFAULT_TIMEZONE,
     Award,
     Campaign,

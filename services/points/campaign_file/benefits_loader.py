@@ -12,7 +12,7 @@ from typing import Any
 
 from services.foundation.rules.conditions import NUMERIC_OPERATORS, ConditionError, compile_condition
 from services.foundation.rules.errors import Path as DataPath
-from services.points.benefits.model import (
+from services.points.campaign_file.benefits_model import (
     MINUTES_PER_DAY,
     WEEKDAYS,
     BenefitTerms,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
-    from services.points.benefits.model import BenefitTerms
+    from services.points.campaign_file.benefits_model import BenefitTerms
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 
