@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
-import socket
-import uuid
 from functools import partial
 
 import grpc
@@ -27,6 +24,7 @@ from services.foundation import migrations
 from services.foundation.bus import EventBus
 from services.foundation.db import Database
 from services.foundation.grpc_errors import GuardedServer
+from services.foundation.ids import replica_id
 from services.foundation.outbox import OutboxRelay
 from services.foundation.rules.directory import RuleDirectory
 from services.foundation.service import Declared, Kit, Loop, Service
@@ -51,8 +49,7 @@ class ServiceHost:
         self._health = health.aio.HealthServicer()
         self._background_stop = asyncio.Event()
         self.kit: Kit | None = None
-        # Names this process in lease rows and logs: pod name (hostname) and process.
-        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.replica_id = replica_id()
 
     async def start(self) -> int:
         s = self.settings

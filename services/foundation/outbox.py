@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from datetime import datetime, timedelta
 
 from google.protobuf.message import Message
@@ -25,6 +24,7 @@ from sqlmodel import Field, Session, col
 from services.foundation.bus import EventBus
 from services.foundation.db import Database, UTCDateTime, after_commit, utcnow
 from services.foundation.events import Event
+from services.foundation.ids import new_id
 from services.foundation.schema import KitTable
 from services.foundation.stopping import sleep_or_stop, wait_or_stop
 
@@ -48,15 +48,11 @@ class OutboxEvent(KitTable, table=True):
     published_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
-def new_event_id() -> str:
-    return uuid.uuid4().hex
-
-
 def event_row(event: Event[Message], message: Message, *, headers: dict[str, str] | None = None) -> dict[str, object]:
     """The outbox row of an event, for `add_event_rows`. Sets `message.event_id` if it has one."""
     event.check(message)
     subject = event.subject
-    event_id = getattr(message, "event_id", "") or new_event_id()
+    event_id = getattr(message, "event_id", "") or new_id()
     if hasattr(message, "event_id"):
         message.event_id = event_id  # type: ignore[attr-defined]
     return {

@@ -14,12 +14,12 @@ from alliance.v1 import benefits_pb2_grpc
 from services.foundation import validation
 from services.foundation.db import Database, after_commit, utcnow
 from services.foundation.errors import InvalidArgument, NotFound
+from services.foundation.ids import ts, ts_fields
+from services.foundation.money import wire
 from services.points import benefits_store, commands
 from services.points.benefits.quote import AppliedOffer, BenefitBook, Quote, QuoteInput, UnknownMerchant
 from services.points.benefits_store import ClaimCommand, CustomerState
 from services.points.benefits_view import BenefitsView
-from services.points.money import wire
-from services.points.stamps import ts, ts_fields
 
 
 def moment(value: Timestamp, present: bool, name: str) -> datetime:

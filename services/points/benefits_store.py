@@ -18,12 +18,12 @@ from sqlmodel import Session, select
 from alliance.v1 import benefits_pb2 as api
 from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, FailedPrecondition
+from services.foundation.ids import new_id, ts
+from services.foundation.money import from_cents, to_cents
 from services.foundation.outbox import add_event
 from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, Usage
 from services.points.events import CLAIMED
 from services.points.models import BenefitClaim, CustomerAum, FreeItemUsage, OfferBudget
-from services.points.money import from_cents, to_cents
-from services.points.stamps import new_id, ts
 
 QuoteToApi = Callable[[Quote, QuoteInput, "CustomerState"], api.Quote]
 

@@ -41,11 +41,11 @@ from sqlmodel import Session, col, select
 
 from services.foundation.batching import MicroBatcher
 from services.foundation.db import Database, utcnow
+from services.foundation.money import from_cents
 from services.foundation.stopping import sleep_or_stop
 from services.points.benefits.quote import Usage
 from services.points.benefits_store import CustomerState
 from services.points.models import BenefitClaim, CustomerAum, FreeItemUsage, OfferBudget
-from services.points.money import from_cents
 
 log = logging.getLogger("alliance.points.benefits_view")
 

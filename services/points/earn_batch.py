@@ -23,6 +23,7 @@ from alliance.v1 import points_events_pb2 as events
 from alliance.v1 import points_pb2 as api
 from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, DomainError
+from services.foundation.ids import new_id, ts, ts_fields
 from services.foundation.outbox import add_event_rows, event_row
 from services.foundation.upsert import insert_ignoring_conflicts, insert_or_replace
 from services.points.campaigns.book import Candidate
@@ -38,7 +39,6 @@ from services.points.models import (
     PointsAccount,
     PointsTransaction,
 )
-from services.points.stamps import new_id, ts, ts_fields
 
 TXN = PointsTransaction.__table__  # type: ignore[attr-defined]
 ACCOUNT = PointsAccount.__table__  # type: ignore[attr-defined]

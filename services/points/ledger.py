@@ -24,6 +24,7 @@ from alliance.v1 import points_events_pb2 as events
 from alliance.v1 import points_pb2 as api
 from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
+from services.foundation.ids import new_id, ts
 from services.foundation.outbox import add_event
 from services.points.campaigns.book import Candidate
 from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
@@ -38,7 +39,6 @@ from services.points.models import (
     PointsAccount,
     PointsTransaction,
 )
-from services.points.stamps import new_id, ts
 
 R = TypeVar("R", bound=Message)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.points.campaigns.model import Campaign
+from services.points.campaign_file.model import Campaign
 
 CAMPAIGN_WINDOW = "campaign"
 

@@ -11,9 +11,9 @@ from services.points import events
 from services.points.benefits.quote import BenefitBook
 from services.points.benefits_api import BenefitsServicer
 from services.points.benefits_view import BenefitsView
+from services.points.campaign_file.loader import load_campaign
+from services.points.campaign_file.model import Campaign
 from services.points.campaigns.book import CampaignBook
-from services.points.campaigns.loader import load_campaign
-from services.points.campaigns.model import Campaign
 from services.points.consumers.aum_reports import on_aum_changed
 from services.points.consumers.referral_conversions import on_referral_converted
 from services.points.expiry import sweep_expired

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.points.stamps import ts, ts_fields
+from services.foundation.ids import ts, ts_fields
 
 
 def test_ts_matches_from_datetime() -> None:

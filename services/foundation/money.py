@@ -1,4 +1,5 @@
-"""CNY amounts: Decimal in the domain, integer cents in the database, decimal strings on the wire."""
+"""CNY amounts in every service: Decimal in the domain, integer cents in the database, decimal
+strings on the wire."""
 
 from __future__ import annotations
 

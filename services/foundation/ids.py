@@ -1,7 +1,10 @@
-"""Transaction ids and protobuf timestamps, the same for every ledger write."""
+"""Ids and protobuf timestamps, the same in every service: ids are 32 hex characters (uuid4), and
+times go on the wire as UTC Timestamps."""
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from datetime import UTC, datetime
 
@@ -10,6 +13,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def replica_id() -> str:
+    """Names this process in lease rows and logs: the pod name (hostname), the process and a
+    random part, so a restarted process never passes for its predecessor."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
