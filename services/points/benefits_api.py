@@ -19,7 +19,7 @@ from services.foundation.money import wire
 from services.points import benefits_store, commands
 from services.points.benefits.quote import AppliedOffer, BenefitBook, Quote, QuoteInput, UnknownMerchant
 from services.points.benefits_store import ClaimCommand, CustomerState
-from services.points.benefits_view import BenefitsView
+from services.points.quote_cache import QuoteCache
 
 
 def moment(value: Timestamp, present: bool, name: str) -> datetime:
@@ -66,7 +66,7 @@ def applied_fields(offer: AppliedOffer) -> dict[str, str]:
 
 
 class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
-    def __init__(self, db: Database, book: BenefitBook, view: BenefitsView) -> None:
+    def __init__(self, db: Database, book: BenefitBook, view: QuoteCache) -> None:
         self.db = db
         self.book = book
         self.view = view

@@ -10,7 +10,6 @@ from services.foundation.service import Kit, Service
 from services.points import events
 from services.points.benefits.quote import BenefitBook
 from services.points.benefits_api import BenefitsServicer
-from services.points.benefits_view import BenefitsView
 from services.points.campaign_file.loader import load_campaign
 from services.points.campaign_file.model import Campaign
 from services.points.campaigns.book import CampaignBook
@@ -19,6 +18,7 @@ from services.points.consumers.referral_conversions import on_referral_converted
 from services.points.expiry import sweep_expired
 from services.points.grpc_api import PointsServicer
 from services.points.models import SCHEMA
+from services.points.quote_cache import QuoteCache
 from services.points.settings import PointsSettings
 from services.points.spend_multipliers import SpendMultipliers
 
@@ -33,19 +33,22 @@ async def build(kit: Kit) -> None:
         benefits.replace(in_force)
 
     kit.rules("campaigns", parse=load_campaign, on_change=campaigns_changed)
-    view = BenefitsView(kit.db, ttl_seconds=settings.quote_cache_seconds, max_customers=settings.quote_cache_customers)
-    kit.background(view.run)
+    quote_cache = QuoteCache(
+        kit.db, ttl_seconds=settings.quote_cache_seconds, max_customers=settings.quote_cache_customers
+    )
+    kit.background(quote_cache.run)
 
     kit.serve(
-        points_pb2_grpc.add_PointsServicer_to_server, PointsServicer(kit.db, book, SpendMultipliers(benefits, view))
+        points_pb2_grpc.add_PointsServicer_to_server,
+        PointsServicer(kit.db, book, SpendMultipliers(benefits, quote_cache)),
     )
-    kit.serve(benefits_pb2_grpc.add_BenefitsServicer_to_server, BenefitsServicer(kit.db, benefits, view))
+    kit.serve(benefits_pb2_grpc.add_BenefitsServicer_to_server, BenefitsServicer(kit.db, benefits, quote_cache))
 
     # Durable consumer names are kept from before the kit: a new name would apply every stored event again.
     kit.consume(
         "customer.v1.aum_changed",
         customer_events_pb2.CustomerAumChanged,
-        on_aum_changed(view),
+        on_aum_changed(quote_cache),
         name="points-customer-aum",
     )
     kit.consume(

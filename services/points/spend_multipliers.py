@@ -6,7 +6,7 @@ the purchase in the campaign's time zone, the merchant and its category from the
 `merchant_id` and `merchant_category`. It multiplies every award of the purchase before caps and
 budgets apply, so a cap still holds for doubled points; the award records the factor and offer.
 
-The tier comes from the quote data in memory (BenefitsView): an AUM report made at this replica
+The tier comes from the quote data in memory (QuoteCache): an AUM report made at this replica
 counts at once, one made at another replica within QUOTE_CACHE_SECONDS. An Earn in that window
 gets the multiplier of the previous tier. AUM is reported daily by core banking, so this is
 accepted; the award records which offer applied, for audit.
@@ -19,15 +19,15 @@ from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 
 from services.points.benefits.quote import BenefitBook, PointsMultiplier, QuoteInput
-from services.points.benefits_view import BenefitsView
 from services.points.campaigns.evaluation import Candidate
 from services.points.commands import EarnCommand
+from services.points.quote_cache import QuoteCache
 
 SPEND_EVENT = "merchant.spend"
 
 
 class SpendMultipliers:
-    def __init__(self, book: BenefitBook, view: BenefitsView) -> None:
+    def __init__(self, book: BenefitBook, view: QuoteCache) -> None:
         self.book = book
         self.view = view
 

@@ -10,17 +10,17 @@ from services.foundation.db import after_commit, utcnow
 from services.foundation.errors import InvalidArgument
 from services.foundation.inbox import Delivery, Handler, PermanentEventError, Unit
 from services.points import benefits_store, commands
-from services.points.benefits_view import BenefitsView
+from services.points.quote_cache import QuoteCache
 
 
-def on_aum_changed(view: BenefitsView) -> Handler[customer_events_pb2.CustomerAumChanged]:
+def on_aum_changed(view: QuoteCache) -> Handler[customer_events_pb2.CustomerAumChanged]:
     async def handle(delivery: Delivery[customer_events_pb2.CustomerAumChanged]) -> Unit:
         return aum_report(delivery.event, view)
 
     return handle
 
 
-def aum_report(event: customer_events_pb2.CustomerAumChanged, view: BenefitsView) -> Unit:
+def aum_report(event: customer_events_pb2.CustomerAumChanged, view: QuoteCache) -> Unit:
     """The unit of work storing the report; quotes here see it once it commits."""
     try:
         customer_id = commands.required_text(event.customer_id, "customer_id")

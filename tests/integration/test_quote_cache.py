@@ -1,4 +1,4 @@
-"""The quote data kept in memory (BenefitsView) and the database paths under it, on real SQLite and
+"""The quote data kept in memory (QuoteCache) and the database paths under it, on real SQLite and
 PostgreSQL: own writes show at once, another replica's writes within the TTL, stale entries are
 reloaded in the background many per query, and a load that raced a write is not kept."""
 
@@ -24,9 +24,9 @@ from services.foundation.host import ServiceHost
 from services.foundation.migrations import upgrade
 from services.foundation.nats_server import EmbeddedNats
 from services.points import benefits_store
-from services.points.benefits_view import RELOAD_BATCH, BenefitsView
 from services.points.models import SCHEMA as POINTS_SCHEMA
 from services.points.models import CustomerAum
+from services.points.quote_cache import RELOAD_BATCH, QuoteCache
 from services.points.service import SERVICE as POINTS
 from tests.integration.conftest import points_settings, write_campaign
 from tests.integration.test_benefits_api import CINEMA, claim_request, quote_request, set_aum
@@ -132,7 +132,7 @@ def store_aum(db: Database, customer: str, aum: str) -> None:
 
 
 async def test_a_load_that_raced_a_write_is_used_once_but_not_kept(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=100, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=100, clock=Clock())
     store_aum(db, "c-race", "1000")
     db.gate = asyncio.Event()
     loading = asyncio.create_task(view.state("c-race"))
@@ -148,7 +148,7 @@ async def test_a_load_that_raced_a_write_is_used_once_but_not_kept(db: GatedData
 
 
 async def test_a_quote_that_goes_away_does_not_fail_others_waiting_for_the_same_load(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=10, clock=Clock())
     store_aum(db, "c-shared", "150000")
     db.gate = asyncio.Event()
     first = asyncio.create_task(view.state("c-shared"))
@@ -166,7 +166,7 @@ async def test_a_quote_that_goes_away_does_not_fail_others_waiting_for_the_same_
 
 async def test_other_replicas_writes_come_through_the_change_feed(db: GatedDatabase) -> None:
     wall = [datetime.now(UTC) + timedelta(days=1)]  # this replica's clock, turned by the test
-    view = BenefitsView(db, ttl_seconds=5, max_customers=1000, clock=Clock(), wall_clock=lambda: wall[0])
+    view = QuoteCache(db, ttl_seconds=5, max_customers=1000, clock=Clock(), wall_clock=lambda: wall[0])
     customers = [f"c-{i}" for i in range(RELOAD_BATCH + 50)]
     for customer in customers:
         store_aum(db, customer, "1000")
@@ -196,7 +196,7 @@ def another_replica_reports(session: Session, customers: list[str], at: datetime
 
 async def test_an_entry_past_the_safety_age_is_reloaded_before_the_quote(db: GatedDatabase) -> None:
     clock = Clock()
-    view = BenefitsView(db, ttl_seconds=5, max_customers=10, clock=clock)
+    view = QuoteCache(db, ttl_seconds=5, max_customers=10, clock=clock)
     store_aum(db, "c-old", "1000")
     await view.state("c-old")
     store_aum(db, "c-old", "2000")
@@ -208,7 +208,7 @@ async def test_an_entry_past_the_safety_age_is_reloaded_before_the_quote(db: Gat
 
 
 async def test_when_every_customer_fits_a_first_quote_reads_nothing(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=10, clock=Clock())
     store_aum(db, "c-gold", "150000")
     assert await view.sync() and view.whole
     await view.state("c-gold")  # the budgets
@@ -221,7 +221,7 @@ async def test_when_every_customer_fits_a_first_quote_reads_nothing(db: GatedDat
 
 
 async def test_a_write_here_while_all_are_held_is_read_before_the_next_quote(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=10, clock=Clock())
     assert await view.sync()
     assert (await view.state("c-new")).aum is None
     await db.run(lambda s: benefits_store.set_aum(s, "c-new", Decimal("90000"), datetime.now(UTC)))
@@ -232,7 +232,7 @@ async def test_a_write_here_while_all_are_held_is_read_before_the_next_quote(db:
 
 
 async def test_a_write_here_during_the_sync_is_not_lost(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=10, clock=Clock())
     store_aum(db, "c-listed", "1000")
     db.gate, db.pass_reads = asyncio.Event(), 1  # the list goes through
     syncing = asyncio.create_task(view.sync())
@@ -248,7 +248,7 @@ async def test_a_write_here_during_the_sync_is_not_lost(db: GatedDatabase) -> No
 
 
 async def test_a_write_here_while_a_later_batch_is_read_is_not_lost(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=1000, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=1000, clock=Clock())
     customers = [f"c-{i:03}" for i in range(RELOAD_BATCH + 1)]  # two batches
     for customer in customers:
         store_aum(db, customer, "1000")
@@ -270,7 +270,7 @@ async def test_a_write_here_while_a_later_batch_is_read_is_not_lost(db: GatedDat
 
 
 async def test_nobody_is_dropped_for_room_while_a_sync_runs(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=2, clock=Clock())
     db.gate = asyncio.Event()
     syncing = asyncio.create_task(view.sync())
     await db.read_done.wait()  # nobody on file yet
@@ -287,7 +287,7 @@ async def test_nobody_is_dropped_for_room_while_a_sync_runs(db: GatedDatabase) -
 
 
 async def test_a_failed_sync_leaves_no_more_held_than_the_room(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=3, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=3, clock=Clock())
     db.gate, db.pass_reads = asyncio.Event(), 0
     store_aum(db, "c-0", "1000")
     syncing = asyncio.create_task(view.sync())
@@ -302,7 +302,7 @@ async def test_a_failed_sync_leaves_no_more_held_than_the_room(db: GatedDatabase
 
 
 async def test_too_many_to_hold_after_a_sync_ends_holding_them_all(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=2, clock=Clock())
     store_aum(db, "c-0", "1000")
     store_aum(db, "c-1", "1000")
     db.gate = asyncio.Event()
@@ -319,7 +319,7 @@ async def test_too_many_to_hold_after_a_sync_ends_holding_them_all(db: GatedData
 
 
 async def test_customers_with_nothing_on_file_do_not_keep_the_others_from_being_held(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=3, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=3, clock=Clock())
     store_aum(db, "c-0", "1000")
     store_aum(db, "c-1", "1000")
     for customer in ("c-nobody-1", "c-nobody-2"):  # first quotes before the sync: read, and nothing found
@@ -330,7 +330,7 @@ async def test_customers_with_nothing_on_file_do_not_keep_the_others_from_being_
 
 async def test_a_sync_keeps_what_the_feed_read_after_it(db: GatedDatabase) -> None:
     clock = Clock()
-    view = BenefitsView(db, ttl_seconds=5, max_customers=10, clock=clock)
+    view = QuoteCache(db, ttl_seconds=5, max_customers=10, clock=clock)
     store_aum(db, "c-moving", "1000")
     await view.catch_up()
     db.gate, db.pass_reads = asyncio.Event(), 1
@@ -349,7 +349,7 @@ async def test_a_sync_keeps_what_the_feed_read_after_it(db: GatedDatabase) -> No
 
 async def test_while_the_feed_is_silent_first_quotes_read_again(db: GatedDatabase) -> None:
     clock = Clock()
-    view = BenefitsView(db, ttl_seconds=5, max_customers=10, clock=clock)
+    view = QuoteCache(db, ttl_seconds=5, max_customers=10, clock=clock)
     assert await view.sync()
     store_aum(db, "c-elsewhere", "600000")  # another replica; this one's feed has stopped
     clock.now += 2 * view.ttl
@@ -357,7 +357,7 @@ async def test_while_the_feed_is_silent_first_quotes_read_again(db: GatedDatabas
 
 
 async def test_run_holds_every_customer_and_follows_the_feed(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=0.05, max_customers=10)
+    view = QuoteCache(db, ttl_seconds=0.05, max_customers=10)
     store_aum(db, "c-0", "1000")
     stop = asyncio.Event()
     running = asyncio.create_task(view.run(stop))
@@ -379,7 +379,7 @@ async def test_run_holds_every_customer_and_follows_the_feed(db: GatedDatabase) 
 
 
 async def test_another_replicas_new_customer_comes_through_the_feed(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=5, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=5, max_customers=10, clock=Clock())
     assert await view.sync()
     await view.catch_up()
     await db.run(lambda s: benefits_store.set_aum(s, "c-elsewhere", Decimal("600000"), datetime.now(UTC)))
@@ -391,7 +391,7 @@ async def test_another_replicas_new_customer_comes_through_the_feed(db: GatedDat
 
 
 async def test_more_customers_on_file_than_fit_are_read_when_first_quoted(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=2, clock=Clock())
     for i in range(3):
         store_aum(db, f"c-{i}", "1000")
     assert not await view.sync() and not view.whole
@@ -399,7 +399,7 @@ async def test_more_customers_on_file_than_fit_are_read_when_first_quoted(db: Ga
 
 
 async def test_one_customer_too_many_ends_holding_them_all(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=2, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=2, clock=Clock())
     store_aum(db, "c-0", "1000")
     store_aum(db, "c-1", "1000")
     assert await view.sync()
@@ -410,14 +410,14 @@ async def test_one_customer_too_many_ends_holding_them_all(db: GatedDatabase) ->
 
 
 async def test_memory_holds_at_most_max_customers(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=10, clock=Clock())
     for i in range(25):
         await view.state(f"c-{i}")
     assert len(view._customers) == 10 and "c-24" in view._customers and "c-0" not in view._customers
 
 
 async def test_concurrent_quotes_for_one_customer_share_one_load(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=10, clock=Clock())
     store_aum(db, "c-busy", "1000")
     states = await asyncio.gather(*(view.state("c-busy") for _ in range(20)))
     assert {s.aum for s in states} == {Decimal("1000.00")}
@@ -479,7 +479,7 @@ def store_aum_in(session: Session) -> None:
 
 
 async def test_customers_first_seen_together_are_read_together(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=1000, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=1000, clock=Clock())
     customers = [f"c-new-{i}" for i in range(200)]
     for customer in customers[:100]:
         store_aum(db, customer, "150000")
@@ -489,7 +489,7 @@ async def test_customers_first_seen_together_are_read_together(db: GatedDatabase
 
 
 async def test_a_quote_after_a_write_does_not_take_a_load_that_read_before_it(db: GatedDatabase) -> None:
-    view = BenefitsView(db, ttl_seconds=60, max_customers=10, clock=Clock())
+    view = QuoteCache(db, ttl_seconds=60, max_customers=10, clock=Clock())
     store_aum(db, "c-after", "1000")
     gate = db.gate = asyncio.Event()  # stays set once set: later reads pass straight through
     before = asyncio.create_task(view.state("c-after"))

@@ -1,4 +1,5 @@
-"""What quotes read, kept in memory: a customer's AUM and free items used, and the offers' budgets.
+"""The quote cache: what quotes read, kept in memory (a customer's AUM and free items used, and the
+offers' budgets). Its invariants follow; tests/integration/test_quote_cache.py checks each.
 
 QuoteDiscount is the hot read of the alliance (every payment at a partner merchant asks it) and
 writes nothing, so it must not queue behind ledger writes for rows that rarely change. This view
@@ -47,7 +48,7 @@ from services.points.benefits.quote import Usage
 from services.points.benefits_store import CustomerState
 from services.points.models import BenefitClaim, CustomerAum, FreeItemUsage, OfferBudget
 
-log = logging.getLogger("alliance.points.benefits_view")
+log = logging.getLogger("alliance.points.quote_cache")
 
 Budgets = dict[tuple[str, str], Decimal]
 CustomerRow = tuple[Decimal | None, datetime | None, dict[tuple[str, str, str], int]]
@@ -62,7 +63,7 @@ RELOAD_BATCH = 100
 FEED_OVERLAP = timedelta(seconds=30)
 
 
-class BenefitsView:
+class QuoteCache:
     def __init__(
         self,
         db: Database,
