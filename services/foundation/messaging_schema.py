@@ -1,4 +1,4 @@
-"""Migration steps for the outbox, inbox and parked-event tables every service carries.
+"""Migration steps for the tables every service carries: outbox, inbox, parked events, scheduled runs.
 
 Written out (not derived from the models) so an old migration never changes under a deployed
 database; each service's first migration calls `create_messaging_tables()`.
@@ -51,3 +51,23 @@ def drop_messaging_tables() -> None:
     op.drop_table("inbox_event")
     op.drop_index("ix_outbox_event_pending", table_name="outbox_event")
     op.drop_table("outbox_event")
+
+
+def create_scheduled_tables() -> None:
+    """The lease rows of scheduled singleton jobs (`services/foundation/scheduled.py`)."""
+    op.create_table(
+        "scheduled_run",
+        sa.Column("job", sa.String(64), primary_key=True),
+        sa.Column("occurrence", sa.String(32), primary_key=True),
+        sa.Column("owner", sa.String(128), nullable=False),
+        sa.Column("lease_until", UTCDateTime(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("started_at", UTCDateTime(), nullable=False),
+        sa.Column("finished_at", UTCDateTime(), nullable=True),
+        sa.Column("outcome", sa.String(16), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+    )
+
+
+def drop_scheduled_tables() -> None:
+    op.drop_table("scheduled_run")
