@@ -14,12 +14,13 @@ from alliance.v1 import benefits_pb2_grpc
 from services.foundation import validation
 from services.foundation.db import Database, after_commit, utcnow
 from services.foundation.errors import InvalidArgument, NotFound
-from services.foundation.ids import ts, ts_fields
+from services.foundation.ids import ts
 from services.foundation.money import wire
 from services.points import benefits_store, commands
-from services.points.benefits.quote import AppliedOffer, BenefitBook, Quote, QuoteInput, UnknownMerchant
+from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, UnknownMerchant
 from services.points.benefits_store import ClaimCommand, CustomerState
 from services.points.quote_cache import QuoteCache
+from services.points.quote_messages import applied_fields, quote_message
 
 
 def moment(value: Timestamp, present: bool, name: str) -> datetime:
@@ -49,49 +50,11 @@ NOT_BEATING_PUBLIC = Counter(
     ["merchant_id"],
 )
 
-# Nested messages are given to their parent as dicts: protobuf builds them in C, which measured
-# 2.5x faster than building message objects first (QuoteDiscount is the hot path).
-
-
-def applied_fields(offer: AppliedOffer) -> dict[str, str]:
-    """An AppliedBenefit, as fields."""
-    return {
-        "campaign_id": offer.campaign_id,
-        "offer_id": offer.offer_id,
-        "rule_version": offer.campaign_version,
-        "kind": offer.kind,
-        "discount_amount": wire(offer.discount_amount),
-        "detail": offer.detail,
-    }
-
-
 class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
     def __init__(self, db: Database, book: BenefitBook, view: QuoteCache) -> None:
         self.db = db
         self.book = book
         self.view = view
-
-    def to_api(self, quote: Quote, inp: QuoteInput, state: CustomerState) -> api.Quote:
-        return api.Quote(
-            customer_id=inp.customer_id,
-            merchant_id=inp.merchant_id,
-            category=quote.category,
-            tier=quote.tier,
-            period=quote.period,
-            amount=wire(inp.amount),
-            final_amount=wire(quote.final_amount),
-            discount_amount=wire(quote.discount_amount),
-            applied=[applied_fields(a) for a in quote.applied],
-            free_item_available=quote.free_item is not None,
-            free_item=applied_fields(quote.free_item) if quote.free_item else None,
-            free_items_left=quote.free_items_left,
-            extras=[applied_fields(a) for a in quote.extras],
-            beats_public_discount=quote.beats_public,
-            public_discount=wire(quote.public_discount),
-            explanation=quote.explanation,
-            skipped=[f"{offer}: {why}" for offer, why in quote.skipped],
-            aum_as_of=ts_fields(state.as_of),
-        )
 
     def _quote(self, inp: QuoteInput, state: CustomerState) -> Quote:
         try:
@@ -106,7 +69,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         quote = self._quote(inp, state)
         if not quote.beats_public:
             NOT_BEATING_PUBLIC.labels(inp.merchant_id).inc()
-        return self.to_api(quote, inp, state)
+        return quote_message(quote, inp, state.as_of)
 
     async def ClaimBenefit(
         self, request: api.ClaimBenefitRequest, context: grpc.aio.ServicerContext
@@ -121,7 +84,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         self._quote(cmd.quote, CustomerState(None, None, _NO_USAGE))  # unknown merchant: NOT_FOUND before locking
 
         def unit(session: Session) -> api.ClaimBenefitResponse:
-            response = benefits_store.claim(session, cmd, self.book, self.to_api)
+            response = benefits_store.claim(session, cmd, self.book)
             # Also on a replay: the first attempt may have committed for a caller that went away.
             after_commit(session, lambda: self.view.forget_customer(cmd.quote.customer_id))
             after_commit(session, self.view.forget_budgets)

@@ -7,7 +7,6 @@ same pure quote as QuoteDiscount, on the usage it read under those locks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -15,6 +14,7 @@ from typing import NamedTuple
 
 from sqlmodel import Session, select
 
+from alliance.v1 import benefits_events_pb2 as events
 from alliance.v1 import benefits_pb2 as api
 from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, FailedPrecondition
@@ -24,8 +24,7 @@ from services.foundation.outbox import add_event
 from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, Usage
 from services.points.events import CLAIMED
 from services.points.models import BenefitClaim, CustomerAum, FreeItemUsage, OfferBudget
-
-QuoteToApi = Callable[[Quote, QuoteInput, "CustomerState"], api.Quote]
+from services.points.quote_messages import claimed_quote, quote_message
 
 
 class CustomerState(NamedTuple):
@@ -83,7 +82,7 @@ def customer_state(session: Session, customer_id: str, *, lock: bool = False) ->
 # -- claims --------------------------------------------------------------------------------------
 
 
-def claim(session: Session, cmd: ClaimCommand, book: BenefitBook, to_api: QuoteToApi) -> api.ClaimBenefitResponse:
+def claim(session: Session, cmd: ClaimCommand, book: BenefitBook) -> api.ClaimBenefitResponse:
     previous = session.exec(select(BenefitClaim).where(BenefitClaim.idempotency_key == cmd.idempotency_key)).first()
     if previous is not None:
         if previous.request_hash != cmd.request_hash:
@@ -100,7 +99,7 @@ def claim(session: Session, cmd: ClaimCommand, book: BenefitBook, to_api: QuoteT
     else:
         kind, campaign_id, offer_id, discount = _spend_budgets(session, quote, book, now)
     claim_id = new_id()
-    response = api.ClaimBenefitResponse(claim_id=claim_id, quote=to_api(quote, inp, state))
+    response = api.ClaimBenefitResponse(claim_id=claim_id, quote=quote_message(quote, inp, state.as_of))
     session.add(
         BenefitClaim(
             id=claim_id,
@@ -120,12 +119,12 @@ def claim(session: Session, cmd: ClaimCommand, book: BenefitBook, to_api: QuoteT
     add_event(
         session,
         CLAIMED,
-        api.BenefitClaimed(
+        events.BenefitClaimed(
             claim_id=claim_id,
             customer_id=inp.customer_id,
             merchant_id=inp.merchant_id,
             kind=kind,
-            quote=response.quote,
+            quote=claimed_quote(quote, inp, free_item=cmd.use_free_item),
             claimed_at=ts(inp.at),
         ),
     )

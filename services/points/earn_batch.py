@@ -118,6 +118,7 @@ def _decide(
     cmd = item.cmd
     txn_id = new_id()
     response = api.EarnResponse(transaction_id=txn_id)
+    awards: list[dict[str, object]] = []
     for candidate in item.candidates:
         campaign = candidate.campaign
         if candidate.expires_at is not None and candidate.expires_at <= now:
@@ -170,16 +171,20 @@ def _decide(
                 "created_at": now,
             }
         )
-        response.awards.add(
-            campaign_id=campaign.id,
-            rule_id=candidate.rule_id,
-            rule_version=candidate.campaign_version,
-            points=allowed.points,
-            expires_at=ts_fields(candidate.expires_at),
-            limited_by=allowed.limited_by,
-            multiplier="" if candidate.multiplier is None else f"{candidate.multiplier.normalize():f}",
-            multiplier_offer=candidate.multiplier_offer,
-        )
+        # One set of fields for the reply's Award and the event's AwardedPoints: two messages,
+        # so that an API change cannot silently change the event contract.
+        award = {
+            "campaign_id": campaign.id,
+            "rule_id": candidate.rule_id,
+            "rule_version": candidate.campaign_version,
+            "points": allowed.points,
+            "expires_at": ts_fields(candidate.expires_at),
+            "limited_by": allowed.limited_by,
+            "multiplier": "" if candidate.multiplier is None else f"{candidate.multiplier.normalize():f}",
+            "multiplier_offer": candidate.multiplier_offer,
+        }
+        response.awards.add(**award)
+        awards.append(award)
         if allowed.limited_by:
             response.notices.append(f"{campaign.id}/{candidate.rule_id}: {allowed.limited_by}")
     response.points = sum(a.points for a in response.awards)
@@ -213,7 +218,7 @@ def _decide(
                     user_id=cmd.user_id,
                     source_event=cmd.idempotency_key,
                     event_type=cmd.event_type,
-                    awards=response.awards,
+                    awards=awards,
                     points=response.points,
                     balance=response.balance,
                     occurred_at=ts(cmd.occurred_at),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alliance.v1 import benefits_pb2, points_events_pb2
+from alliance.v1 import benefits_events_pb2, points_events_pb2
 from services.foundation.events import Event, EventCatalog
 
 AWARDED = Event("points.v1.awarded", points_events_pb2.PointsAwarded)
@@ -11,5 +11,5 @@ REVERSED = Event("points.v1.reversed", points_events_pb2.PointsReversed)
 EXPIRED = Event("points.v1.expired", points_events_pb2.PointsExpired)
 POINTS = EventCatalog("points", [AWARDED, REDEEMED, REVERSED, EXPIRED])
 
-CLAIMED = Event("benefits.v1.claimed", benefits_pb2.BenefitClaimed)
+CLAIMED = Event("benefits.v1.claimed", benefits_events_pb2.BenefitClaimed)
 BENEFITS = EventCatalog("benefits", [CLAIMED])

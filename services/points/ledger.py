@@ -267,10 +267,10 @@ def reverse(session: Session, cmd: ReverseCommand) -> api.ReverseResponse:
     txn_id = new_id()
     if original.operation == "earn":
         change, shortfall = _claw_back(session, account, original, wanted, cmd, txn_id, now)
-        kind = api.ENTRY_KIND_EARN
+        kind = events.REVERSED_KIND_EARN
     else:
         change, shortfall = _refund(session, original, wanted, cmd, txn_id, now), 0
-        kind = api.ENTRY_KIND_REDEEM
+        kind = events.REVERSED_KIND_REDEEM
     original.reversed_points += abs(change)
     session.add(original)
     account.balance += change
