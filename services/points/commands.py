@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -28,6 +28,8 @@ CLOCK_SKEW = timedelta(minutes=5)
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 _ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_ATTRIBUTES = {"event", "amount"}
+# [0-9], not \d: \d also matches full-width and other scripts' digits.
+_AMOUNT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
 
 
 @dataclass(frozen=True)
@@ -105,21 +107,30 @@ def timestamp(value: Timestamp, name: str, *, present: bool, now: datetime) -> d
 
 
 def amount(value: str, name: str = "amount") -> Decimal | None:
-    if not value.strip():
+    """An amount written as ASCII digits with an optional point and up to 2 decimals ("12.50");
+    None when blank. Decimal() alone also reads full-width digits (U+FF10-U+FF19), "1_000",
+    "1e3", "+5": a wrong keyboard or a typo, which must not become money."""
+    text = value.strip()
+    if not text:
         return None
-    try:
-        parsed = Decimal(value.strip())
-    except InvalidOperation as error:
-        raise InvalidArgument(name, f"{value!r} is not a decimal number") from error
-    if not parsed.is_finite():
-        raise InvalidArgument(name, "must be a finite number")
-    if parsed < 0:
-        raise InvalidArgument(name, "must not be negative")
+    if not _AMOUNT.fullmatch(text):
+        raise InvalidArgument(name, _amount_problem(text))
+    parsed = Decimal(text)
     if parsed > MAX_POINTS:
         raise InvalidArgument(name, f"must be at most {MAX_POINTS}")
-    if parsed.as_tuple().exponent < -2:  # type: ignore[operator]
-        raise InvalidArgument(name, "has more than 2 decimal places")
     return parsed
+
+
+def _amount_problem(text: str) -> str:
+    if not text.isascii():
+        return f"{text!r} must be written with ASCII digits 0-9"
+    if re.fullmatch(r"-[0-9]+(\.[0-9]+)?", text):
+        return "must not be negative"
+    if text.lstrip("+-").lower() in ("nan", "snan", "inf", "infinity"):
+        return "must be a finite number"
+    if re.fullmatch(r"[0-9]+\.[0-9]{3,}", text):
+        return "has more than 2 decimal places"
+    return f"{text!r} is not a decimal number (digits 0-9, then optionally '.' and 1 or 2 digits, like 12.50)"
 
 
 def attributes(values: Mapping[str, str]) -> dict[str, str]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
+import pytest
 from sqlmodel import select
 
-from alliance.v1 import points_events_pb2, referral_events_pb2
+from alliance.v1 import benefits_pb2 as benefits_api
+from alliance.v1 import benefits_pb2_grpc, points_events_pb2, referral_events_pb2
 from alliance.v1 import points_pb2 as api
 from services.foundation.bus import MSG_ID_HEADER
 from services.foundation.db import utcnow
@@ -164,3 +167,59 @@ async def test_earn_reply_balance_leaves_out_points_expired_but_not_yet_swept(
 
     [event] = await eventually(awarded)
     assert event.balance == 100
+
+
+# -- 2. amounts are ASCII digits, an optional point and up to 2 decimals ----------------------------
+
+# Decimal() reads every one of these; each came from a wrong keyboard or a typo, not from a till.
+NOT_ASCII_AMOUNTS = [
+    "\uff11\uff12\uff13",  # full-width 123
+    "\u0661\u0662\u0663",  # Arabic-Indic 123
+    "12\uff13",
+    "1_000",
+    "1e3",
+    "+5",
+    ".5",
+    "5.",
+    "0x10",
+    "12 50",
+]
+
+
+async def test_amounts_other_than_ascii_digits_are_refused_naming_the_field(points: PointsUnderTest, user: str) -> None:
+    benefits = benefits_pb2_grpc.BenefitsStub(points.channel)
+    for text in NOT_ASCII_AMOUNTS:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await points.stub.Earn(earn_request(user, event_type="merchant.spend", product="", amount=text))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, text
+        assert caught.value.details().startswith("amount: "), caught.value.details()
+    full_width_80 = "\uff18\uff10"
+    calls = [
+        (
+            benefits.SetCustomerAum,
+            benefits_api.SetCustomerAumRequest(customer_id=user, aum=full_width_80 + "0000", as_of=stamp()),
+            "aum",
+        ),
+        (
+            benefits.QuoteDiscount,
+            benefits_api.QuoteDiscountRequest(customer_id=user, merchant_id="m", amount=full_width_80),
+            "amount",
+        ),
+        (
+            benefits.ClaimBenefit,
+            benefits_api.ClaimBenefitRequest(
+                idempotency_key="c-1", customer_id=user, merchant_id="m", amount="8\uff10"
+            ),
+            "amount",
+        ),
+    ]
+    for method, request, field in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert caught.value.details().startswith(f"{field}: "), caught.value.details()
+    assert await ledger_sum(points, user) == 0
+    assert (await benefits.GetEntitlements(benefits_api.GetEntitlementsRequest(customer_id=user))).aum == ""
+    # The same amount in ASCII digits earns.
+    ok = await points.stub.Earn(earn_request(user, event_type="merchant.spend", product="", amount="123"))
+    assert ok.points == 12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -38,6 +39,8 @@ def test_a_good_earn_passes() -> None:
         ({"amount": "abc"}, "amount", "not a decimal"),
         ({"amount": "NaN"}, "amount", "finite"),
         ({"amount": "1.234"}, "amount", "2 decimal places"),
+        ({"amount": "\uff11\uff12\uff13"}, "amount", "ASCII digits"),
+        ({"amount": "1_000"}, "amount", "not a decimal"),
     ],
 )
 def test_bad_earn_fields_are_named(changes: dict[str, object], field: str, problem: str) -> None:
@@ -81,3 +84,39 @@ def test_same_request_same_hash_and_any_change_differs() -> None:
     assert commands.request_hash(a) == commands.request_hash(b)
     b.amount = "12.51"
     assert commands.request_hash(a) != commands.request_hash(b)
+
+
+@pytest.mark.parametrize("text", ["0", "12", "12.5", "12.50", " 12.50 ", "1000000000000"])
+def test_amounts_in_ascii_digits_pass(text: str) -> None:
+    assert commands.amount(text) == Decimal(text.strip())
+
+
+@pytest.mark.parametrize(
+    "text",
+    # Full-width, Arabic-Indic, Devanagari and mixed digits, then what Decimal() reads but a till never writes.
+    [
+        "\uff11\uff12\uff13",
+        "\u0661\u0662\u0663",
+        "\u0967\u0968\u0969",
+        "12\uff13",
+        "1_000",
+        "1e3",
+        "1E3",
+        "+5",
+        ".5",
+        "5.",
+        "0x10",
+        "12 50",
+        "Infinity",
+        "\u22121",
+    ],
+)
+def test_amounts_other_than_ascii_digits_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        commands.amount(text, "aum")
+    assert caught.value.field == "aum"
+
+
+def test_amounts_are_at_most_max_points() -> None:
+    with pytest.raises(InvalidArgument, match="amount: must be at most"):
+        commands.amount(str(commands.MAX_POINTS + 1))
