@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -42,6 +39,7 @@ from sqlalchemy import Column, ColumnElement, Table, Text, select, update
 from sqlmodel import Field, Session
 
 from services.foundation.db import Database, UTCDateTime, utcnow
+from services.foundation.ids import replica_id as new_replica_id
 from services.foundation.schema import KitTable
 from services.foundation.stopping import sleep_or_stop, wait_or_stop
 from services.foundation.upsert import insert_ignoring_conflicts
@@ -124,10 +122,6 @@ def catch_up_window(at: time, tz: str, now: datetime, catch_up: timedelta) -> tu
 def occurrence_key(occurrence: datetime) -> str:
     """The row key of an occurrence: its UTC time in ISO 8601, e.g. 2026-11-23T09:00:00Z."""
     return _utc(occurrence).replace(tzinfo=None).isoformat() + "Z"
-
-
-def default_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 # -- what a run sees and returns --------------------------------------------------------------------
@@ -271,7 +265,7 @@ class ScheduledJob:
     async def trigger(self, db: Database, when: datetime, replica_id: str | None = None) -> RunResult:
         """Ops' "run now": one attempt at the occurrence keyed by `when`, through the same claim,
         so triggering the same `when` twice (or on two replicas) runs it once."""
-        return await self.run_occurrence(db, when, replica_id or default_replica_id())
+        return await self.run_occurrence(db, when, replica_id or new_replica_id())
 
     async def run_occurrence(
         self, db: Database, occurrence: datetime, replica_id: str, *, stop: asyncio.Event | None = None

@@ -131,8 +131,9 @@ class Kit:
         run: Callable[[Any], Awaitable[None]],
         **options: Any,
     ) -> ScheduledJob:
-        """Run once per occurrence across every replica (a lease row in this service's database);
-        `options` go to ScheduledJob (lease length, catch-up window)."""
+        """Run `run(ctx)` at `at` in zone `tz` every day, once per occurrence across every replica
+        (a lease row in this service's database); `options` go to ScheduledJob (lease_seconds,
+        catch_up, max_attempts)."""
         from services.foundation.scheduled import ScheduledJob
 
         job = ScheduledJob(name, at, tz, run, **options)
