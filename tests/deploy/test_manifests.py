@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from services.registry import SERVICES
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = sorted(p for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
@@ -206,3 +208,32 @@ def test_rules_configmap_copy_matches_rules_dir() -> None:
     generator = next(g for g in kustomization["configMapGenerator"] if g["name"] == RULES_CONFIGMAP)
     assert generator["options"]["disableNameSuffixHash"] is True
     assert sorted(generator["files"]) == sorted(f"campaigns/{name}" for name in source), f"files: list stale: {fix}"
+
+
+@overlay_param
+def test_every_registered_service_is_deployed_on_its_ports(kubectl: str, overlay: Path) -> None:
+    """services/registry.py is the one port table: each service in it has a Deployment whose
+    container serves on its ports, probes them, and a Service, a PodDisruptionBudget and a
+    NetworkPolicy; nothing is deployed that the registry does not know."""
+    docs = documents(kubectl, overlay)
+    deployed = {c["args"][1]: (label, c) for label, _, c in containers(docs) if is_alliance_service(c)}
+    assert set(deployed) == set(SERVICES), f"{overlay.name}: deployed {sorted(deployed)}, registry {sorted(SERVICES)}"
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    budgets = {
+        p["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name") for p in by_kind(docs, "PodDisruptionBudget")
+    }
+    policies = {
+        p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        for p in by_kind(docs, "NetworkPolicy")
+    }
+    for name, entry in SERVICES.items():
+        label, container = deployed[name]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get("GRPC_PORT") == str(entry.grpc_port), f"{label}: GRPC_PORT is not {entry.grpc_port}"
+        assert env.get("METRICS_PORT") == str(entry.metrics_port), f"{label}: METRICS_PORT is not {entry.metrics_port}"
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        assert ports == {"grpc": entry.grpc_port, "metrics": entry.metrics_port}, f"{label}: ports {ports}"
+        service_ports = {p["name"]: p["port"] for p in services[name]["spec"]["ports"]}
+        assert service_ports == ports, f"Service/{name}: ports {service_ports}"
+        assert name in budgets, f"{name}: no PodDisruptionBudget"
+        assert name in policies, f"{name}: no NetworkPolicy"
