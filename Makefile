@@ -41,7 +41,8 @@ proto: $(GEN_STAMP) ## generate gen/alliance/v1 from protos/
 run: install ## run NATS and every service on SQLite (data in var/), rules from rules/; Ctrl-C stops
 	$(BIN)/alliance run
 
-test: install ## run the whole test suite (real NATS, gRPC, SQLite and PostgreSQL)
+test: install ## lint (contracts, types, protos), then the whole suite (real NATS, gRPC, SQLite, PostgreSQL)
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-unit: install ## only the fast unit tests
@@ -50,9 +51,11 @@ test-unit: install ## only the fast unit tests
 bench: install ## measure the speed targets against an empty gRPC call in the same run
 	$(BIN)/python -m bench
 
-lint: install ## ruff, rule files, Kubernetes manifests
+lint: install ## ruff, import contracts, types, rule files, Kubernetes manifests, buf
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/alliance rules validate rules/
 	$(MAKE) --no-print-directory deploy-check
 	$(MAKE) --no-print-directory lint-protos

@@ -12,7 +12,7 @@ from services.foundation.db import Database
 from services.registry import SERVICES
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = commands.add_parser("db", help="database schema", description="Database schema migrations.")
     actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
     upgrade = actions.add_parser("upgrade", help="upgrade a service's schema to the newest revision")

@@ -22,7 +22,7 @@ from services.registry import SERVICES
 DEV_NATS_PORT = 4322
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser("run", help="run NATS and every service locally", description=__doc__)
     run.add_argument("--var", default="var", help="where data and logs go (default %(default)s)")
     run.add_argument("--rules-dir", default="rules", help="rule files (default %(default)s)")

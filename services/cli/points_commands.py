@@ -13,7 +13,7 @@ from alliance.v1 import points_pb2_grpc
 from services.registry import SERVICES
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     points = commands.add_parser("points", help="look up balances and ledgers", description=__doc__)
     points.add_argument("--address", default=SERVICES["points"].address, help="points service (default %(default)s)")
     actions = points.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -79,9 +79,9 @@ def validate(args: argparse.Namespace) -> int:
                 compiled = compile_campaign(matcher, campaign)  # the engine's own limits
                 if compiled is not None:
                     matcher.remove(compiled)
-                offers = compile_benefits(matcher, campaign)  # the benefits offers, likewise
-                if offers is not None:
-                    matcher.remove(offers)
+                compiled_offers = compile_benefits(matcher, campaign)  # the benefits offers, likewise
+                if compiled_offers is not None:
+                    matcher.remove(compiled_offers)
                 loaded[file] = campaign
             except RuleFileError as error:
                 errors[file] = error
@@ -132,8 +132,8 @@ def simulate(args: argparse.Namespace) -> int:
     if target.is_file():
         try:
             draft = load_campaign(str(target), target.read_bytes())
-        except RuleFileError as error:
-            for problem in error.problems:
+        except RuleFileError as refused:
+            for problem in refused.problems:
                 print(problem)
             return 1
         campaigns = {file: c for file, c in campaigns.items() if c.id != draft.id}
@@ -149,8 +149,8 @@ def simulate(args: argparse.Namespace) -> int:
     book.replace(campaigns)
     campaign = book.get(campaign_id)
     if campaign is None:  # refused by the book (engine limits)
-        for error in book.rejected.values():
-            for problem in error.problems:
+        for rejection in book.rejected.values():
+            for problem in rejection.problems:
                 print(problem)
         print(f"campaign '{campaign_id}' could not be loaded")
         return 1

@@ -15,7 +15,7 @@ from services.foundation.logs import configure_logging
 from services.registry import SERVICES, Registered
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run one service", description="Run one service in the foreground.")
     names = serve.add_subparsers(dest="service", metavar="SERVICE", required=True)
     for entry in SERVICES.values():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc.aio import AbortError
@@ -37,7 +37,9 @@ class GuardedServer:
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_GuardedGenericHandler(h) for h in handlers))
 
-    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
         self.service_names.append(service)
         self._server.add_registered_method_handlers(
             service, {name: _wrap(handler, f"/{service}/{name}") for name, handler in handlers.items()}
@@ -50,9 +52,9 @@ class GuardedServer:
 class _GuardedGenericHandler(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler) -> None:
         self._inner = inner
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = self._inner.service(details)
         if handler is None:
             return None
@@ -64,7 +66,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         return wrapped
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(handler.unary_unary, method),
@@ -73,14 +75,15 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, method),
+            # grpc.aio serves async generators here; the stubs only know the sync form.
+            _wrap_stream(cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
 
 
-async def _abort_for(error: Exception, method: str, context: grpc.aio.ServicerContext) -> None:
+async def _abort_for(error: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if isinstance(error, DomainError):
         log.info("rejected", extra={"method": method, "code": error.code.name, "reason": error.message})
         await context.abort(error.code, error.message)
@@ -90,7 +93,7 @@ async def _abort_for(error: Exception, method: str, context: grpc.aio.ServicerCo
 
 
 def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await inner(request, context)
         except AbortError:
@@ -102,7 +105,7 @@ def _wrap_unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[.
 
 
 def _wrap_stream(inner: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for item in inner(request, context):
                 yield item

@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -24,8 +25,9 @@ def replica_id() -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def ts_fields(when: datetime | None) -> dict[str, int] | None:
-    """A Timestamp as fields, for a message built from keyword arguments (cheaper than ts())."""
+def ts_fields(when: datetime | None) -> Any:
+    """A Timestamp as fields, for a message built from keyword arguments (cheaper than ts()).
+    Typed Any: the message stubs accept only Timestamp objects, protobuf also takes the fields."""
     if when is None:
         return None
     if when.tzinfo is None:  # as FromDatetime: naive means UTC

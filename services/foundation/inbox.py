@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 from sqlalchemy import JSON, Column, LargeBinary, Text
@@ -127,7 +128,7 @@ class EventConsumer(Generic[M]):
             except Exception as error:
                 log.debug("unsubscribe failed", extra={"error": repr(error)})
 
-    async def _subscribe(self, stop: asyncio.Event):  # type: ignore[no-untyped-def]
+    async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """Wait for the producer's stream (it creates it), then bind the durable consumer."""
         assert self.bus.js is not None
         waiting_logged = False

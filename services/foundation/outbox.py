@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge
@@ -25,7 +26,7 @@ from services.foundation.bus import EventBus
 from services.foundation.db import Database, UTCDateTime, after_commit, utcnow
 from services.foundation.events import Event
 from services.foundation.ids import new_id
-from services.foundation.schema import KitTable
+from services.foundation.schema import KitTable, table_of
 from services.foundation.stopping import sleep_or_stop, wait_or_stop
 
 log = logging.getLogger("alliance.outbox")
@@ -54,7 +55,7 @@ def event_row(event: Event[Message], message: Message, *, headers: dict[str, str
     subject = event.subject
     event_id = getattr(message, "event_id", "") or new_id()
     if hasattr(message, "event_id"):
-        message.event_id = event_id  # type: ignore[attr-defined]
+        setattr(message, "event_id", event_id)  # noqa: B010 - not every event message has the field
     return {
         "event_id": event_id,
         "subject": subject,
@@ -71,7 +72,7 @@ def add_event(
 ) -> str:
     """Stage an event in the caller's transaction; returns its event id."""
     row = event_row(event, message, headers=headers)
-    session.add(OutboxEvent(**row))
+    session.add(OutboxEvent.model_validate(row))
     _wake_relay_after_commit(session)
     return str(row["event_id"])
 
@@ -79,7 +80,7 @@ def add_event(
 def add_event_rows(session: Session, rows: list[dict[str, object]]) -> None:
     """Stage many `event_row`s with one bulk insert (the Earn batch's path)."""
     if rows:
-        session.connection().execute(OutboxEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
+        session.connection().execute(table_of(OutboxEvent).insert(), rows)
         _wake_relay_after_commit(session)
 
 
@@ -169,9 +170,9 @@ class OutboxRelay:
             PUBLISHED.labels(row.subject).inc()
         return len(rows)
 
-    def _pending(self, session: Session) -> list[Row]:  # type: ignore[type-arg]
+    def _pending(self, session: Session) -> list[Row[Any]]:
         # Plain rows, not ORM objects: the relay reads every event once, at Earn's pace.
-        table = OutboxEvent.__table__  # type: ignore[attr-defined]
+        table = table_of(OutboxEvent)
         query = (
             sa_select(
                 table.c.seq, table.c.event_id, table.c.subject, table.c.event_type, table.c.payload, table.c.headers

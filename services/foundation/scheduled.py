@@ -40,7 +40,7 @@ from sqlmodel import Field, Session
 
 from services.foundation.db import Database, UTCDateTime, utcnow
 from services.foundation.ids import replica_id as new_replica_id
-from services.foundation.schema import KitTable
+from services.foundation.schema import KitTable, table_of
 from services.foundation.stopping import sleep_or_stop, wait_or_stop
 from services.foundation.upsert import insert_ignoring_conflicts
 
@@ -71,7 +71,7 @@ class ScheduledRun(KitTable, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # the last failure
 
 
-_RUN: Table = ScheduledRun.__table__  # type: ignore[attr-defined]
+_RUN: Table = table_of(ScheduledRun)
 
 
 # -- when ------------------------------------------------------------------------------------------

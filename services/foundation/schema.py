@@ -20,9 +20,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import registry
 from sqlmodel import SQLModel
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's Core table, for set-based statements (the stubs do not know `__table__`)."""
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table
 
 
 class KitTable(SQLModel, registry=registry()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,7 +18,7 @@ from services.foundation.errors import InvalidArgument, NotFound
 from services.foundation.ids import ts
 from services.foundation.money import wire
 from services.points import benefits_store, commands
-from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, UnknownMerchant
+from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, UnknownMerchant, Usage
 from services.points.benefits_store import ClaimCommand, CustomerState
 from services.points.quote_cache import QuoteCache
 from services.points.quote_messages import applied_fields, quote_message
@@ -50,6 +51,7 @@ NOT_BEATING_PUBLIC = Counter(
     ["merchant_id"],
 )
 
+
 class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
     def __init__(self, db: Database, book: BenefitBook, view: QuoteCache) -> None:
         self.db = db
@@ -62,7 +64,9 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         except UnknownMerchant as error:
             raise NotFound(f"merchant_id: {error}") from error
 
-    async def QuoteDiscount(self, request: api.QuoteDiscountRequest, context: grpc.aio.ServicerContext) -> api.Quote:
+    async def QuoteDiscount(
+        self, request: api.QuoteDiscountRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> api.Quote:
         at = moment(request.at, request.HasField("at"), "at")
         inp = quote_input(request.customer_id, request.merchant_id, request.category, request.amount, at)
         state = self.view.state_now(inp.customer_id) or await self.view.state(inp.customer_id)
@@ -72,7 +76,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         return quote_message(quote, inp, state.as_of)
 
     async def ClaimBenefit(
-        self, request: api.ClaimBenefitRequest, context: grpc.aio.ServicerContext
+        self, request: api.ClaimBenefitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.ClaimBenefitResponse:
         at = moment(request.at, request.HasField("at"), "at")
         cmd = ClaimCommand(
@@ -93,7 +97,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         return await self.db.run(unit)
 
     async def GetEntitlements(
-        self, request: api.GetEntitlementsRequest, context: grpc.aio.ServicerContext
+        self, request: api.GetEntitlementsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.Entitlements:
         customer_id = commands.required_text(request.customer_id, "customer_id")
         at = moment(request.at, request.HasField("at"), "at")
@@ -120,7 +124,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         )
 
     async def SetCustomerAum(
-        self, request: api.SetCustomerAumRequest, context: grpc.aio.ServicerContext
+        self, request: api.SetCustomerAumRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.CustomerAum:
         customer_id = commands.required_text(request.customer_id, "customer_id")
         aum = commands.amount(request.aum, "aum")
@@ -138,4 +142,4 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         return await self.db.run(unit)
 
 
-_NO_USAGE = benefits_store.Usage({}, {})
+_NO_USAGE = Usage({}, {})

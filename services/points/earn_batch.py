@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 from sqlmodel import Session
@@ -25,6 +26,7 @@ from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, DomainError
 from services.foundation.ids import new_id, ts, ts_fields
 from services.foundation.outbox import add_event_rows, event_row
+from services.foundation.schema import table_of
 from services.foundation.upsert import insert_ignoring_conflicts, insert_or_replace
 from services.points.campaigns.book import Candidate
 from services.points.commands import EarnCommand
@@ -40,12 +42,12 @@ from services.points.models import (
     PointsTransaction,
 )
 
-TXN = PointsTransaction.__table__  # type: ignore[attr-defined]
-ACCOUNT = PointsAccount.__table__  # type: ignore[attr-defined]
-USAGE = CampaignUsage.__table__  # type: ignore[attr-defined]
-BUDGET = CampaignBudget.__table__  # type: ignore[attr-defined]
-LEDGER = LedgerEntry.__table__  # type: ignore[attr-defined]
-LOT = PointLot.__table__  # type: ignore[attr-defined]
+TXN = table_of(PointsTransaction)
+ACCOUNT = table_of(PointsAccount)
+USAGE = table_of(CampaignUsage)
+BUDGET = table_of(CampaignBudget)
+LEDGER = table_of(LedgerEntry)
+LOT = table_of(PointLot)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _decide(
     cmd = item.cmd
     txn_id = new_id()
     response = api.EarnResponse(transaction_id=txn_id)
-    awards: list[dict[str, object]] = []
+    awards: list[Any] = []  # fields of AwardedPoints (protobuf takes fields for nested messages)
     for candidate in item.candidates:
         campaign = candidate.campaign
         if candidate.expires_at is not None and candidate.expires_at <= now:

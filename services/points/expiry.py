@@ -8,6 +8,7 @@ account, and a user already swept has no expired lot left, so the host runs it o
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from services.foundation.db import Database, utcnow
 from services.points import ledger
@@ -20,7 +21,7 @@ async def sweep_expired(db: Database) -> int:
     now = utcnow()
     users = await db.run(lambda s: ledger.users_with_expired_lots(s, now))
     for user_id in users:
-        await db.run(lambda s, u=user_id: ledger.expire_user(s, u, now))
+        await db.run(partial(ledger.expire_user, user_id=user_id, now=now))
     if users:
         log.info("expired points written off", extra={"users": len(users)})
     return len(users)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -53,14 +54,16 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
     async def _earn_batch(self, items: Sequence[EarnItem]) -> Sequence[api.EarnResponse | DomainError]:
         return await self.db.run(lambda s: earn_many(s, items))
 
-    async def Earn(self, request: api.EarnRequest, context: grpc.aio.ServicerContext) -> api.EarnResponse:
+    async def Earn(self, request: api.EarnRequest, context: grpc.aio.ServicerContext[Any, Any]) -> api.EarnResponse:
         cmd = earn_command(request)
         candidates = self.book.candidates(cmd.event)
         if self.multipliers is not None:
             candidates = await self.multipliers.apply(cmd, candidates)
         return await self.earns.submit(EarnItem(cmd, candidates))
 
-    async def Redeem(self, request: api.RedeemRequest, context: grpc.aio.ServicerContext) -> api.RedeemResponse:
+    async def Redeem(
+        self, request: api.RedeemRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> api.RedeemResponse:
         cmd = RedeemCommand(
             idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
             user_id=commands.required_text(request.user_id, "user_id"),
@@ -71,7 +74,9 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
         )
         return await self.db.run(lambda s: ledger.redeem(s, cmd))
 
-    async def Reverse(self, request: api.ReverseRequest, context: grpc.aio.ServicerContext) -> api.ReverseResponse:
+    async def Reverse(
+        self, request: api.ReverseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> api.ReverseResponse:
         if request.points < 0:
             raise InvalidArgument("points", "must not be negative (0 reverses everything left)")
         cmd = ReverseCommand(
@@ -84,13 +89,15 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
         )
         return await self.db.run(lambda s: ledger.reverse(s, cmd))
 
-    async def GetBalance(self, request: api.GetBalanceRequest, context: grpc.aio.ServicerContext) -> api.Balance:
+    async def GetBalance(
+        self, request: api.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> api.Balance:
         user_id = commands.required_text(request.user_id, "user_id")
         now = utcnow()
         return await self.db.run(lambda s: ledger.balance(s, user_id, now))
 
     async def ListLedger(
-        self, request: api.ListLedgerRequest, context: grpc.aio.ServicerContext
+        self, request: api.ListLedgerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.ListLedgerResponse:
         page = LedgerPage(
             user_id=commands.required_text(request.user_id, "user_id"),

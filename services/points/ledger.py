@@ -107,6 +107,7 @@ def _take_from_lots(session: Session, lots: Iterable[PointLot], points: int, tra
         lot.remaining -= take
         left -= take
         session.add(lot)
+        assert lot.id is not None  # read from the database
         session.add(LotAllocation(transaction_id=transaction_id, lot_id=lot.id, points=take))
     if left:
         raise AssertionError(f"lots hold {points - left} points but the balance said {points}")
@@ -384,7 +385,7 @@ def _refund(
         assert lot is not None
         lot.remaining += part
         session.add(lot)
-        session.add(LotAllocation(transaction_id=txn_id, lot_id=lot.id, points=-part))
+        session.add(LotAllocation(transaction_id=txn_id, lot_id=allocation.lot_id, points=-part))
         left -= part
         if left == 0:
             break

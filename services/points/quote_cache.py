@@ -36,8 +36,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from services.foundation.batching import MicroBatcher
@@ -361,7 +363,7 @@ def _finished(loading: dict[str, asyncio.Future[CustomerRow]], key: str, done: a
     _retrieve(done)
 
 
-def _retrieve(done: asyncio.Future[object]) -> None:
+def _retrieve(done: asyncio.Future[Any]) -> None:
     # Mark a failure as seen: every quote that waited got it already; if all of them went away,
     # the next quote loads again. Either way asyncio need not report it.
     if not done.cancelled():
@@ -377,8 +379,12 @@ _BUDGETS = "\x00budgets"  # the key of the budgets in `_written`; no customer id
 _AUM_OF = select(CustomerAum.customer_id, CustomerAum.aum_cents, CustomerAum.as_of).where(
     col(CustomerAum.customer_id).in_(bindparam("ids", expanding=True))
 )
-_FREE_ITEMS_OF = select(
-    FreeItemUsage.customer_id, FreeItemUsage.campaign_id, FreeItemUsage.offer_id, FreeItemUsage.year, FreeItemUsage.used
+_FREE_ITEMS_OF = sa_select(  # sqlmodel's select is typed for at most 4 columns
+    col(FreeItemUsage.customer_id),
+    col(FreeItemUsage.campaign_id),
+    col(FreeItemUsage.offer_id),
+    col(FreeItemUsage.year),
+    col(FreeItemUsage.used),
 ).where(col(FreeItemUsage.customer_id).in_(bindparam("ids", expanding=True)))
 _BUDGETS_SPENT = select(OfferBudget.campaign_id, OfferBudget.offer_id, OfferBudget.spent_cents)
 

@@ -8,6 +8,7 @@ Nested messages are given to their parent as dicts: protobuf builds them in C, w
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from alliance.v1 import benefits_events_pb2 as events
 from alliance.v1 import benefits_pb2 as api
@@ -16,8 +17,9 @@ from services.foundation.money import wire
 from services.points.benefits.quote import AppliedOffer, Quote, QuoteInput
 
 
-def applied_fields(offer: AppliedOffer) -> dict[str, str]:
-    """An AppliedBenefit (or the event's ClaimedOffer: same fields), as fields."""
+def applied_fields(offer: AppliedOffer) -> Any:
+    """An AppliedBenefit (or the event's ClaimedOffer: same fields), as fields. Typed Any: the
+    message stubs accept only message objects, protobuf also takes their fields."""
     return {
         "campaign_id": offer.campaign_id,
         "offer_id": offer.offer_id,

@@ -71,9 +71,9 @@ def validation_problems(file: str, data: Any, index: LineIndex, schema: Mapping[
 def describe(error: ValidationError) -> list[tuple[Path, str]]:
     """One jsonschema error -> located human sentences (path, reason)."""
     path: Path = tuple(error.absolute_path)
-    keyword = error.validator
-    value = error.validator_value
-    instance = error.instance
+    keyword = str(error.validator)
+    value: Any = error.validator_value
+    instance: Any = error.instance
     custom = _custom_message(error)
 
     if "propertyNames" in error.relative_schema_path:
@@ -81,7 +81,7 @@ def describe(error: ValidationError) -> list[tuple[Path, str]]:
         reason = custom or _sentence(keyword, value, None) or _fallback(error)
         return [((*path, str(instance)), f"field name '{instance}' {reason}")]
     if keyword == "additionalProperties" and isinstance(instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
+        allowed = sorted(_schema_of(error).get("properties", {}))
         return [((*path, key), _unknown_field(key, allowed)) for key in _extra_keys(error)]
     if keyword == "required" and isinstance(instance, dict):
         return [((*path, name), "is required") for name in value if name not in instance]
@@ -92,8 +92,13 @@ def describe(error: ValidationError) -> list[tuple[Path, str]]:
     return [(path, _sentence(keyword, value, instance) or _fallback(error))]
 
 
+def _schema_of(error: ValidationError) -> Mapping[str, Any]:
+    """The schema that failed; a boolean schema (false) has no keywords."""
+    return error.schema if isinstance(error.schema, Mapping) else {}
+
+
 def _custom_message(error: ValidationError) -> str | None:
-    message = error.schema.get("errorMessage") if isinstance(error.schema, dict) else None
+    message = _schema_of(error).get("errorMessage")
     if isinstance(message, dict):
         return message.get(str(error.validator))
     if isinstance(message, str) and error.validator not in _PRECISE:
@@ -102,12 +107,11 @@ def _custom_message(error: ValidationError) -> str | None:
 
 
 def _extra_keys(error: ValidationError) -> list[str]:
-    schema = error.schema
+    schema = _schema_of(error)
     known = set(schema.get("properties", {}))
     patterns = list(schema.get("patternProperties", {}))
-    return [
-        key for key in error.instance if key not in known and not any(re.search(pattern, key) for pattern in patterns)
-    ]
+    instance: Any = error.instance
+    return [key for key in instance if key not in known and not any(re.search(pattern, key) for pattern in patterns)]
 
 
 def _unknown_field(key: str, allowed: list[str]) -> str:
@@ -146,7 +150,7 @@ def _sentence(keyword: str, value: Any, instance: Any) -> str | None:
     match keyword:
         case "type":
             kinds = value if isinstance(value, list) else [value]
-            return f"must be {_join_or(_TYPE_WORDS.get(k, k) for k in kinds)}{_got(instance)}"
+            return f"must be {_join_or(_TYPE_WORDS.get(str(k), str(k)) for k in kinds)}{_got(instance)}"
         case "enum":
             return f"must be one of {', '.join(str(v) for v in value)}{_got(instance)}"
         case "const":

@@ -97,7 +97,7 @@ class CompiledRuleset:
         return f"CompiledRuleset({self.name!r}, {len(self.rule_ids)} rules, {len(self._chunks)} rulesets)"
 
 
-class _Host(durable.Host):
+class _Host(durable.Host):  # type: ignore[misc]  # durable_rules ships no types
     def __init__(self, actions: Mapping[str, Any]) -> None:
         self._actions = actions
         super().__init__()
@@ -223,7 +223,8 @@ class Matcher:
 
     def _evaluate(self, name: str, payload: dict[str, Any]) -> list[int]:
         sid = str(next(self._sids))
-        self._fired = fired = []
+        fired: list[int] = []
+        self._fired = fired
         try:
             state = self._host.assert_fact(name, {**payload, "sid": sid})
         except durable.MessageNotHandledException:
@@ -273,7 +274,8 @@ def _private_copy(rule_id: str, expr: Mapping[str, Any]) -> dict[str, Any]:
     problem = _shape_problem(copy)
     if problem:
         raise ValueError(f"rule {rule_id}: {problem}")
-    return copy
+    checked: dict[str, Any] = copy
+    return checked
 
 
 def _shape_problem(expr: Any) -> str | None:
