@@ -71,3 +71,20 @@ def create_scheduled_tables() -> None:
 
 def drop_scheduled_tables() -> None:
     op.drop_table("scheduled_run")
+
+
+def create_idempotency_tables() -> None:
+    """Stored replies of idempotent commands (`services/foundation/idempotency.py`)."""
+    op.create_table(
+        "idempotent_reply",
+        sa.Column("operation", sa.String(64), primary_key=True),
+        sa.Column("idempotency_key", sa.String(128), primary_key=True),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("reference", sa.String(64), nullable=False),
+        sa.Column("reply", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+    )
+
+
+def drop_idempotency_tables() -> None:
+    op.drop_table("idempotent_reply")

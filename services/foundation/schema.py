@@ -39,7 +39,7 @@ class KitTable(SQLModel, registry=registry()):
 
 def _kit_tables_loaded() -> MetaData:
     # The modules that declare kit tables, imported here so no service has to remember them.
-    from services.foundation import inbox, outbox, scheduled  # noqa: F401
+    from services.foundation import idempotency, inbox, outbox, scheduled  # noqa: F401
 
     return KitTable.metadata
 

@@ -17,7 +17,8 @@ from sqlmodel import Session, select
 from alliance.v1 import benefits_events_pb2 as events
 from alliance.v1 import benefits_pb2 as api
 from services.foundation.db import utcnow
-from services.foundation.errors import AlreadyExists, FailedPrecondition
+from services.foundation.errors import FailedPrecondition
+from services.foundation.idempotency import replay
 from services.foundation.ids import new_id, ts
 from services.foundation.money import from_cents, to_cents
 from services.foundation.outbox import add_event
@@ -85,11 +86,14 @@ def customer_state(session: Session, customer_id: str, *, lock: bool = False) ->
 def claim(session: Session, cmd: ClaimCommand, book: BenefitBook) -> api.ClaimBenefitResponse:
     previous = session.exec(select(BenefitClaim).where(BenefitClaim.idempotency_key == cmd.idempotency_key)).first()
     if previous is not None:
-        if previous.request_hash != cmd.request_hash:
-            raise AlreadyExists(f"idempotency_key: already used for a different claim (claim {previous.id})")
-        response = api.ClaimBenefitResponse.FromString(previous.response)
-        response.replayed = True
-        return response
+        return replay(
+            request_hash=cmd.request_hash,
+            stored_hash=previous.request_hash,
+            stored_reply=previous.response,
+            reply_type=api.ClaimBenefitResponse,
+            what="claim",
+            reference=f"claim {previous.id}",
+        )
     state = customer_state(session, cmd.quote.customer_id, lock=True)
     inp = cmd.quote._replace(aum=state.aum)
     quote = book.quote(inp, state.usage)

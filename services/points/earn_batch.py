@@ -24,6 +24,7 @@ from alliance.v1 import points_events_pb2 as events
 from alliance.v1 import points_pb2 as api
 from services.foundation.db import utcnow
 from services.foundation.errors import AlreadyExists, DomainError
+from services.foundation.idempotency import replay
 from services.foundation.ids import new_id, ts, ts_fields
 from services.foundation.outbox import add_event_rows, event_row
 from services.foundation.schema import table_of
@@ -231,13 +232,18 @@ def _decide(
 
 
 def _replay(previous: _Done, cmd: EarnCommand) -> api.EarnResponse | DomainError:
-    if previous.request_hash != cmd.request_hash:
-        return AlreadyExists(
-            f"idempotency_key: already used for a different earn request (transaction {previous.transaction_id})"
+    # One call of the batch may be refused while the others go on: returned, not raised.
+    try:
+        return replay(
+            request_hash=cmd.request_hash,
+            stored_hash=previous.request_hash,
+            stored_reply=previous.response,
+            reply_type=api.EarnResponse,
+            what="earn request",
+            reference=f"transaction {previous.transaction_id}",
         )
-    response = api.EarnResponse.FromString(previous.response)
-    response.replayed = True
-    return response
+    except AlreadyExists as refused:
+        return refused
 
 
 # -- reads ---------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from sqlmodel import Session, col, select
 from alliance.v1 import points_events_pb2 as events
 from alliance.v1 import points_pb2 as api
 from services.foundation.db import utcnow
-from services.foundation.errors import AlreadyExists, DomainError, FailedPrecondition, NotFound
+from services.foundation.errors import DomainError, FailedPrecondition, NotFound
+from services.foundation.idempotency import replay
 from services.foundation.ids import new_id, ts
 from services.foundation.outbox import add_event
 from services.points.campaigns.book import Candidate
@@ -64,13 +65,14 @@ def _existing(session: Session, operation: str, key: str) -> PointsTransaction |
 
 
 def _replay(txn: PointsTransaction, request_hash: str, response_type: type[R]) -> R:
-    if txn.request_hash != request_hash:
-        raise AlreadyExists(
-            f"idempotency_key: already used for a different {txn.operation} request (transaction {txn.id})"
-        )
-    response = response_type.FromString(txn.response)
-    response.replayed = True  # type: ignore[attr-defined]
-    return response
+    return replay(
+        request_hash=request_hash,
+        stored_hash=txn.request_hash,
+        stored_reply=txn.response,
+        reply_type=response_type,
+        what=f"{txn.operation} request",
+        reference=f"transaction {txn.id}",
+    )
 
 
 def _lock_account(session: Session, user_id: str) -> PointsAccount:
