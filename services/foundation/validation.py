@@ -3,6 +3,8 @@ field, so a caller's operator reads "occurred_at: is in the future (...)" in the
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -42,3 +44,40 @@ def timestamp(
     if not future and when > now + CLOCK_SKEW:
         raise InvalidArgument(name, f"is in the future ({when.isoformat()} > server time {now.isoformat()})")
     return when
+
+
+# -- pages ---------------------------------------------------------------------------------------
+# Lists are paged by a position (an increasing row id): stable while rows are added, unlike an
+# offset. The token is opaque to callers and versioned, so its form can change.
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+def page_size(value: int, *, default: int = DEFAULT_PAGE, maximum: int = MAX_PAGE) -> int:
+    """A request's page_size: 0 means the default; negative or over the maximum is refused."""
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    if value > maximum:
+        raise InvalidArgument("page_size", f"must be at most {maximum}")
+    return value or default
+
+
+def page_token(position: int | None) -> str:
+    """The next_page_token for a position; empty when there is no next page."""
+    if position is None:
+        return ""
+    return base64.urlsafe_b64encode(f"v1:{position}".encode()).decode()
+
+
+def page_position(token: str) -> int | None:
+    """The position a page_token stands for; None for the first page."""
+    if not token:
+        return None
+    try:
+        version, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if version != "v1":
+            raise ValueError(version)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
+        raise InvalidArgument("page_token", "is not a token this service gave out") from error

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +18,6 @@ from services.points.campaigns.book import CampaignBook
 from services.points.commands import EarnCommand, LedgerPage, RedeemCommand, ReverseCommand
 from services.points.earn_batch import EarnItem, earn_many
 from services.points.spend_multipliers import SpendMultipliers
-
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
 
 
 def earn_command(request: api.EarnRequest) -> EarnCommand:
@@ -101,37 +96,11 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
     ) -> api.ListLedgerResponse:
         page = LedgerPage(
             user_id=commands.required_text(request.user_id, "user_id"),
-            page_size=_page_size(request.page_size),
-            before_id=_decode_token(request.page_token),
+            page_size=validation.page_size(request.page_size),
+            before_id=validation.page_position(request.page_token),
         )
         result = await self.db.run(lambda s: ledger.list_entries(s, page))
         return api.ListLedgerResponse(
             entries=[ledger.entry_to_api(e) for e in result.entries],
-            next_page_token=_encode_token(result.next_before_id),
+            next_page_token=validation.page_token(result.next_before_id),
         )
-
-
-def _page_size(value: int) -> int:
-    if value < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    if value > MAX_PAGE:
-        raise InvalidArgument("page_size", f"must be at most {MAX_PAGE}")
-    return value or DEFAULT_PAGE
-
-
-def _encode_token(before_id: int | None) -> str:
-    if before_id is None:
-        return ""
-    return base64.urlsafe_b64encode(f"v1:{before_id}".encode()).decode()
-
-
-def _decode_token(token: str) -> int | None:
-    if not token:
-        return None
-    try:
-        version, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
-        if version != "v1":
-            raise ValueError(version)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
-        raise InvalidArgument("page_token", "is not a token this service gave out") from error
