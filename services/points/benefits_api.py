@@ -43,6 +43,20 @@ def quote_input(customer_id: str, merchant_id: str, category: str, amount: str, 
     )
 
 
+def claim_hash(quote: QuoteInput, at_given: bool, use_free_item: bool) -> str:
+    """A claim's idempotency hash, over its validated values. `at` counts only when the caller gave
+    it: when absent it is the server's clock, which differs on every retry."""
+    fields = {
+        "customer_id": quote.customer_id,
+        "merchant_id": quote.merchant_id,
+        "category": quote.category,
+        "amount": quote.amount,
+        "at": quote.at if at_given else None,
+        "use_free_item": use_free_item,
+    }
+    return commands.command_hash("claim", fields)
+
+
 # Quotes whose alliance discount is not above what the merchant gives the public anyway: the
 # agreement with the merchant is broken, and ops follow it up per merchant.
 NOT_BEATING_PUBLIC = Counter(
@@ -79,10 +93,12 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         self, request: api.ClaimBenefitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.ClaimBenefitResponse:
         at = moment(request.at, request.HasField("at"), "at")
+        key = commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY)
+        quote = quote_input(request.customer_id, request.merchant_id, request.category, request.amount, at)
         cmd = ClaimCommand(
-            idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
-            request_hash=commands.request_hash(request),
-            quote=quote_input(request.customer_id, request.merchant_id, request.category, request.amount, at),
+            idempotency_key=key,
+            request_hash=claim_hash(quote, request.HasField("at"), request.use_free_item),
+            quote=quote,
             use_free_item=request.use_free_item,
         )
         self._quote(cmd.quote, CustomerState(None, None, _NO_USAGE))  # unknown merchant: NOT_FOUND before locking

@@ -6,14 +6,17 @@ anything is written, whichever door it came in by.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
+from typing import Any
 
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.foundation.errors import InvalidArgument
@@ -40,7 +43,11 @@ class EarnCommand:
     occurred_at: datetime
     amount: Decimal | None
     attributes: Mapping[str, str]
-    request_hash: str
+
+    @cached_property
+    def request_hash(self) -> str:
+        """What a retry under the same idempotency key must match (see `command_hash`)."""
+        return _hash_of("earn", self)
 
     @property
     def event(self) -> EarnEvent:
@@ -55,7 +62,10 @@ class RedeemCommand:
     points: int
     order_id: str
     description: str
-    request_hash: str
+
+    @cached_property
+    def request_hash(self) -> str:
+        return _hash_of("redeem", self)
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,10 @@ class ReverseCommand:
     points: int
     reason: str
     allow_partial: bool
-    request_hash: str
+
+    @cached_property
+    def request_hash(self) -> str:
+        return _hash_of("reverse", self)
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,37 @@ class LedgerPage:
     before_id: int | None = field(default=None)
 
 
-def request_hash(message: Message) -> str:
-    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+def command_hash(operation: str, fields: Mapping[str, object]) -> str:
+    """The idempotency hash of a command: SHA-256 of canonical JSON of its validated values, so a
+    retry that means the same ("50" and "50.00", an id with a space the server trims) is the same
+    request, and one that means something else is not.
+
+    Canonical: keys sorted, no spaces; Decimal as its normalised plain string ("50.00" -> "50");
+    datetime (aware) in UTC, ISO 8601; mappings as objects with sorted keys. Anything else that
+    JSON cannot hold is a mistake of the caller (TypeError).
+    """
+    text = json.dumps(
+        {"operation": operation, "fields": fields}, sort_keys=True, separators=(",", ":"), default=_canonical
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, Decimal):
+        return f"{value.normalize():f}"
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise TypeError("command_hash: a naive datetime has no single meaning")
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"command_hash: no canonical form for {type(value).__name__}")
+
+
+def _hash_of(operation: str, command: Any) -> str:
+    """command_hash of every field of a command but its idempotency key, which the hash is stored under."""
+    fields = {f.name: getattr(command, f.name) for f in dataclasses.fields(command) if f.name != "idempotency_key"}
+    return command_hash(operation, fields)
 
 
 def required_text(value: str, name: str, max_len: int = MAX_ID) -> str:

@@ -30,7 +30,6 @@ def earn_command(request: api.EarnRequest) -> EarnCommand:
         ),
         amount=commands.amount(request.amount),
         attributes=commands.attributes(request.attributes),
-        request_hash=commands.request_hash(request),
     )
 
 
@@ -65,7 +64,6 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
             points=commands.positive_points(request.points),
             order_id=commands.required_text(request.order_id, "order_id", 128),
             description=request.description.strip()[:512],
-            request_hash=commands.request_hash(request),
         )
         return await self.db.run(lambda s: ledger.redeem(s, cmd))
 
@@ -80,7 +78,6 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
             points=request.points,
             reason=commands.required_text(request.reason, "reason", 512),
             allow_partial=request.allow_partial,
-            request_hash=commands.request_hash(request),
         )
         return await self.db.run(lambda s: ledger.reverse(s, cmd))
 

@@ -17,7 +17,8 @@ from services.foundation.db import utcnow
 from services.points import ledger
 from services.points.models import CampaignBudget, CampaignUsage, PointLot, PointsTransaction
 from tests.integration.conftest import PointsUnderTest, write_campaign
-from tests.integration.points_calls import earn_request, stamp
+from tests.integration.points_calls import earn_request, redeem_request, reverse_request, stamp
+from tests.integration.test_benefits_api import CINEMA, claim_request, set_aum
 from tests.integration.test_points_events import ensure_referral_stream, published_for
 from tests.integration.waiting import eventually
 
@@ -223,3 +224,59 @@ async def test_amounts_other_than_ascii_digits_are_refused_naming_the_field(poin
     # The same amount in ASCII digits earns.
     ok = await points.stub.Earn(earn_request(user, event_type="merchant.spend", product="", amount="123"))
     assert ok.points == 12
+
+
+# -- 3. a retry is judged by what it means, not how it is spelled -----------------------------------
+
+
+async def expect_already_exists(call) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS, caught.value.details()
+    assert "idempotency_key" in caught.value.details()
+
+
+async def test_a_retry_that_means_the_same_replays_for_every_write(points: PointsUnderTest, user: str) -> None:
+    when = datetime.now(UTC) - timedelta(minutes=1)
+    spend = earn_request(user, key="e-1", event_type="merchant.spend", product="", amount="50", when=when, shop="a")
+    first = await points.stub.Earn(spend)
+    assert first.points == 5
+    retry = earn_request(f" {user} ", key="e-1 ", event_type="merchant.spend", product="", amount="50.00", when=when)
+    retry.attributes["shop"] = "a"
+    again = await points.stub.Earn(retry)
+    assert again.replayed and again.transaction_id == first.transaction_id
+    retry.amount = "50.01"
+    await expect_already_exists(points.stub.Earn(retry))
+
+    order = redeem_request(user, 3, key="r-1", order="order-7")
+    order.description = "cinema"
+    redeemed = await points.stub.Redeem(order)
+    order.order_id, order.description, order.user_id = " order-7 ", " cinema ", f"{user} "
+    assert (await points.stub.Redeem(order)).transaction_id == redeemed.transaction_id
+    order.points = 4
+    await expect_already_exists(points.stub.Redeem(order))
+
+    refund = reverse_request(redeemed.transaction_id, points=1, key="v-1")
+    reversed_ = await points.stub.Reverse(refund)
+    refund.transaction_id, refund.reason = f" {redeemed.transaction_id}", "test reversal  "
+    assert (await points.stub.Reverse(refund)).transaction_id == reversed_.transaction_id
+    refund.allow_partial = True
+    await expect_already_exists(points.stub.Reverse(refund))
+    assert await get_balance(points, user) == 5 - 3 + 1 == await ledger_sum(points, user)
+
+    write_campaign(points.rules_dir, "test-cinema", CINEMA)
+    await points.reload_rules()
+    benefits = benefits_pb2_grpc.BenefitsStub(points.channel)
+    await set_aum(benefits, user, "150000")
+    claimed = await benefits.ClaimBenefit(claim_request(user, key="c-1", amount="80"))
+    spelled = claim_request(f" {user}", key="c-1", amount="80.00")
+    spelled.merchant_id += " "
+    replayed = await benefits.ClaimBenefit(spelled)
+    assert replayed.replayed and replayed.claim_id == claimed.claim_id
+    await expect_already_exists(benefits.ClaimBenefit(claim_request(user, key="c-1", amount="90")))
+    # Without `at` the claim is at the server's clock, different on each retry: that is not a change.
+    now_claim = claim_request(user, key="c-2")
+    now_claim.ClearField("at")
+    first_claim = await benefits.ClaimBenefit(now_claim)
+    retried = await benefits.ClaimBenefit(now_claim)
+    assert retried.replayed and retried.claim_id == first_claim.claim_id

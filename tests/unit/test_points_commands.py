@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -13,6 +13,7 @@ from services.points import commands
 from services.points.grpc_api import _decode_token, _encode_token, _page_size, earn_command
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+BEIJING = timezone(timedelta(hours=8))
 
 
 def good_earn(**changes: object) -> api.EarnRequest:
@@ -77,13 +78,36 @@ def test_page_tokens_round_trip_and_garbage_is_refused() -> None:
     assert _page_size(0) == 50
 
 
-def test_same_request_same_hash_and_any_change_differs() -> None:
-    a = good_earn()
-    b = api.EarnRequest()
-    b.CopyFrom(a)
-    assert commands.request_hash(a) == commands.request_hash(b)
-    b.amount = "12.51"
-    assert commands.request_hash(a) != commands.request_hash(b)
+def test_command_hash_is_over_values_not_their_spelling() -> None:
+    fields = {"amount": Decimal("50"), "at": NOW, "attributes": {"b": "2", "a": "1"}, "note": None}
+    same = {"note": None, "attributes": {"a": "1", "b": "2"}, "at": NOW.astimezone(BEIJING), "amount": Decimal("50.00")}
+    digest = commands.command_hash("earn", fields)
+    assert commands.command_hash("earn", same) == digest and len(digest) == 64
+    for change in (
+        {"amount": Decimal("50.01")},
+        {"at": NOW + timedelta(microseconds=1)},
+        {"attributes": {"a": "1"}},
+        {"note": ""},
+        {"extra": False},
+    ):
+        assert commands.command_hash("earn", {**fields, **change}) != digest, change
+    assert commands.command_hash("redeem", fields) != digest
+
+
+def test_command_hash_refuses_values_without_one_meaning() -> None:
+    with pytest.raises(TypeError, match="naive datetime"):
+        commands.command_hash("earn", {"at": datetime(2026, 11, 23, 8, 0)})
+    with pytest.raises(TypeError, match="no canonical form"):
+        commands.command_hash("earn", {"what": object()})
+
+
+def test_an_earn_is_hashed_by_its_validated_values() -> None:
+    plain = good_earn(amount="50")
+    spelled = good_earn(amount=" 50.00 ", user_id=" u1 ", idempotency_key="k ")
+    spelled.occurred_at.CopyFrom(plain.occurred_at)
+    assert earn_command(plain).request_hash == earn_command(spelled).request_hash
+    spelled.amount = "50.01"
+    assert earn_command(plain).request_hash != earn_command(spelled).request_hash
 
 
 @pytest.mark.parametrize("text", ["0", "12", "12.5", "12.50", " 12.50 ", "1000000000000"])

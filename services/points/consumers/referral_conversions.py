@@ -6,7 +6,6 @@ redelivered or the referral service also calls Earn for it.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC
 
 from alliance.v1 import referral_events_pb2
@@ -39,7 +38,6 @@ def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) ->
                 "level": str(event.level or 1),
                 "referred_id": event.referred_id,
             },
-            request_hash=hashlib.sha256(event.SerializeToString(deterministic=True)).hexdigest(),
         )
     except InvalidArgument as error:
         raise PermanentEventError(str(error)) from error
