@@ -10,7 +10,7 @@ import pytest
 from alliance.v1 import points_pb2 as api
 from services.foundation.errors import InvalidArgument
 from services.points import commands
-from services.points.grpc_api import _decode_token, _encode_token, _page_size, earn_command
+from services.points.grpc_api import earn_command
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 BEIJING = timezone(timedelta(hours=8))
@@ -66,16 +66,6 @@ def test_reserved_and_malformed_attributes() -> None:
         commands.attributes({"amount": "5"})
     with pytest.raises(InvalidArgument, match=r"attributes\[Bad-Key\]"):
         commands.attributes({"Bad-Key": "x"})
-
-
-def test_page_tokens_round_trip_and_garbage_is_refused() -> None:
-    assert _decode_token(_encode_token(42)) == 42
-    assert _encode_token(None) == "" and _decode_token("") is None
-    with pytest.raises(InvalidArgument, match="page_token"):
-        _decode_token("not-a-token")
-    with pytest.raises(InvalidArgument, match="page_size: must be at most 500"):
-        _page_size(501)
-    assert _page_size(0) == 50
 
 
 def test_command_hash_is_over_values_not_their_spelling() -> None:
