@@ -1,4 +1,5 @@
-"""A service as a real child process (`alliance serve NAME`): for kill and SIGTERM tests and benchmarks."""
+"""A service as a real child process (`alliance serve NAME`, or any `command` that serves one, such
+as the test suite's own kit service): for kill and SIGTERM tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -17,8 +19,11 @@ from services.foundation.nats_server import free_port
 
 
 class ServiceProcess:
-    def __init__(self, service: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, service: str, env: dict[str, str], log_path: Path, *, command: Sequence[str] | None = None
+    ) -> None:
         self.service = service
+        self.command = list(command or [sys.executable, "-m", "services.cli", "serve", service])
         self.port = free_port()
         self.env = {**os.environ, "METRICS_PORT": "0", **env, "GRPC_PORT": str(self.port)}
         self.log_path = log_path
@@ -30,9 +35,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", self.service], env=self.env, stdout=log, stderr=log
-        )
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
 
     async def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,1 @@
+"""Notes, a service written on the kit in the test folder: `python -m tests.kit_service` serves it."""

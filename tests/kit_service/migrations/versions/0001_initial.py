@@ -1,0 +1,50 @@
+"""notes and the tidy job's progress, with the kit's tables
+
+Revision ID: 0001
+Revises:
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from services.foundation.messaging_schema import (
+    create_idempotency_tables,
+    create_messaging_tables,
+    create_scheduled_tables,
+    drop_idempotency_tables,
+    drop_messaging_tables,
+    drop_scheduled_tables,
+)
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    create_messaging_tables()
+    create_scheduled_tables()
+    create_idempotency_tables()
+    op.create_table(
+        "note",
+        sa.Column("text", sa.String(200), primary_key=True),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("seen", sa.Integer(), nullable=False),
+    )
+    op.create_table(
+        "tidy_step",
+        sa.Column("occurrence", sa.String(32), primary_key=True),
+        sa.Column("step", sa.Integer(), primary_key=True),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("tidy_step")
+    op.drop_table("note")
+    drop_idempotency_tables()
+    drop_scheduled_tables()
+    drop_messaging_tables()
