@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -122,7 +123,9 @@ def _hash_of(operation: str, command: Any) -> str:
 
 
 def required_text(value: str, name: str, max_len: int = MAX_ID) -> str:
-    value = value.strip()
+    """Trimmed and in Unicode NFC, so an id has one spelling: an accented letter sent precomposed
+    (U+00E9) or decomposed (e + U+0301, NFD, as some systems send it) is one user, not two accounts."""
+    value = unicodedata.normalize("NFC", value.strip())
     if not value:
         raise InvalidArgument(name, "is required")
     if len(value) > max_len:

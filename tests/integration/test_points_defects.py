@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from alliance.v1 import benefits_pb2 as benefits_api
 from alliance.v1 import benefits_pb2_grpc, points_events_pb2, referral_events_pb2
@@ -15,7 +15,7 @@ from alliance.v1 import points_pb2 as api
 from services.foundation.bus import MSG_ID_HEADER
 from services.foundation.db import utcnow
 from services.points import ledger
-from services.points.models import CampaignBudget, CampaignUsage, PointLot, PointsTransaction
+from services.points.models import CampaignBudget, CampaignUsage, PointLot, PointsAccount, PointsTransaction
 from tests.integration.conftest import PointsUnderTest, write_campaign
 from tests.integration.points_calls import earn_request, redeem_request, reverse_request, stamp
 from tests.integration.test_benefits_api import CINEMA, claim_request, set_aum
@@ -280,3 +280,33 @@ async def test_a_retry_that_means_the_same_replays_for_every_write(points: Point
     first_claim = await benefits.ClaimBenefit(now_claim)
     retried = await benefits.ClaimBenefit(now_claim)
     assert retried.replayed and retried.claim_id == first_claim.claim_id
+
+
+# -- 4. one spelling per id: Unicode NFC ------------------------------------------------------------
+
+
+async def test_nfc_and_nfd_spellings_of_an_id_are_one_account(points: PointsUnderTest, user: str) -> None:
+    nfc, nfd = f"{user}-jos\u00e9", f"{user}-jose\u0301"  # "jose" + U+00E9, and "jose" + U+0301
+    when = datetime.now(UTC) - timedelta(minutes=1)
+    first = await points.stub.Earn(earn_request(nfd, key="caf\u00e9-1", when=when))
+    again = await points.stub.Earn(earn_request(nfc, key="cafe\u0301-1", when=when))
+    assert again.replayed and again.transaction_id == first.transaction_id
+    await points.stub.Earn(earn_request(nfc, product="loan"))
+    await points.stub.Redeem(redeem_request(nfd, 30, order="\u00e9t\u00e9-1"))
+    assert await get_balance(points, nfc) == await get_balance(points, nfd) == 120
+    page = await points.stub.ListLedger(api.ListLedgerRequest(user_id=nfd))
+    assert [e.points for e in page.entries] == [-30, 100, 50]
+
+    def accounts(s):  # type: ignore[no-untyped-def]
+        return list(s.exec(select(PointsAccount.user_id).where(col(PointsAccount.user_id).startswith(user))))
+
+    assert await points.host.db.run(accounts) == [nfc]
+    order = await points.host.db.run(
+        lambda s: s.exec(select(PointsTransaction.order_id).where(PointsTransaction.user_id == nfc)).all()
+    )
+    assert "\u00e9t\u00e9-1" in order
+
+    benefits = benefits_pb2_grpc.BenefitsStub(points.channel)
+    await set_aum(benefits, nfd, "120000")
+    seen = await benefits.GetEntitlements(benefits_api.GetEntitlementsRequest(customer_id=nfc))
+    assert seen.customer_id == nfc and seen.aum == "120000.00"

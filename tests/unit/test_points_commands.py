@@ -134,3 +134,13 @@ def test_amounts_other_than_ascii_digits_are_refused(text: str) -> None:
 def test_amounts_are_at_most_max_points() -> None:
     with pytest.raises(InvalidArgument, match="amount: must be at most"):
         commands.amount(str(commands.MAX_POINTS + 1))
+
+
+def test_ids_are_stored_in_one_spelling_nfc() -> None:
+    nfd = "jose\u0301"  # "e" + combining acute accent
+    assert commands.required_text(f" {nfd} ", "user_id") == "jos\u00e9"
+    assert commands.required_text("jos\u00e9", "user_id") == "jos\u00e9"
+    # The limit is on the stored (NFC) spelling: 64 NFD characters that are 32 once composed fit.
+    assert commands.required_text("e\u0301" * 32, "user_id") == "\u00e9" * 32
+    with pytest.raises(InvalidArgument, match="user_id: is longer than 64"):
+        commands.required_text("\u00e9" * 65, "user_id")
