@@ -12,6 +12,20 @@ from alembic import op
 from services.foundation.db import UTCDateTime
 
 
+def create_kit_tables() -> None:
+    """Every table the kit puts in a service's database: a new service's first migration calls
+    this (later kit tables come with a migration of their own in each service)."""
+    create_messaging_tables()
+    create_scheduled_tables()
+    create_idempotency_tables()
+
+
+def drop_kit_tables() -> None:
+    drop_idempotency_tables()
+    drop_scheduled_tables()
+    drop_messaging_tables()
+
+
 def create_messaging_tables() -> None:
     op.create_table(
         "outbox_event",

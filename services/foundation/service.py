@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 
 from services.foundation.bus import EventBus
 from services.foundation.db import Database
-from services.foundation.events import EventCatalog
+from services.foundation.events import Event, EventCatalog
 from services.foundation.inbox import EventConsumer, Handler
 from services.foundation.rules.directory import RuleDirectory
 from services.foundation.schema import ServiceSchema
@@ -92,32 +92,28 @@ class Kit:
     # -- events ----------------------------------------------------------------------------------
 
     def consume(
-        self,
-        subject: str,
-        message_type: type[M],
-        handler: Handler[M],
-        *,
-        name: str | None = None,
-        max_deliver: int = 5,
+        self, event: Event[M], handler: Handler[M], *, name: str | None = None, max_deliver: int = 5
     ) -> EventConsumer[M]:
-        """A durable consumer: each event applied once (inbox), across all replicas together."""
+        """A durable consumer: each event applied once (inbox), across all replicas together.
+        `event` is the contract as this service expects it (subject and message type); its durable
+        name defaults to `<service>-<subject>` and must not change once deployed."""
         consumer = EventConsumer(
             db=self.db,
             bus=self.bus,
-            name=name or f"{self.name}-{subject.replace('.', '-')}",
-            subject=subject,
-            message_type=message_type,
+            name=name or f"{self.name}-{event.subject.replace('.', '-')}",
+            subject=event.subject,
+            message_type=event.message_type,
             handler=handler,
             max_deliver=max_deliver,
         )
         self.declared.consumers.append(consumer)
         return consumer
 
-    def broadcast(self, subject: str, message_type: type[M]) -> Broadcast[M]:
-        """Every replica sees every event of `subject` (for server streams); nothing is stored."""
+    def broadcast(self, event: Event[M]) -> Broadcast[M]:
+        """Every replica sees every event of this kind (for server streams); nothing is stored."""
         from services.foundation.broadcast import Broadcast
 
-        found = Broadcast(self.bus, subject, message_type)
+        found = Broadcast(self.bus, event.subject, event.message_type)
         self.declared.broadcasts.append(found)
         return found
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from alliance.v1 import benefits_pb2_grpc, customer_events_pb2, points_pb2_grpc, referral_events_pb2
+from alliance.v1 import benefits_pb2_grpc, points_pb2_grpc
 from services.foundation.service import Kit, Service
 from services.points import events
 from services.points.benefits.quote import BenefitBook
@@ -45,18 +45,8 @@ async def build(kit: Kit) -> None:
     kit.serve(benefits_pb2_grpc.add_BenefitsServicer_to_server, BenefitsServicer(kit.db, benefits, quote_cache))
 
     # Durable consumer names are kept from before the kit: a new name would apply every stored event again.
-    kit.consume(
-        "customer.v1.aum_changed",
-        customer_events_pb2.CustomerAumChanged,
-        on_aum_changed(quote_cache),
-        name="points-customer-aum",
-    )
-    kit.consume(
-        "referral.v1.converted",
-        referral_events_pb2.ReferralConverted,
-        on_referral_converted(book),
-        name="points-referral-converted",
-    )
+    kit.consume(events.AUM_CHANGED, on_aum_changed(quote_cache), name="points-customer-aum")
+    kit.consume(events.REFERRAL_CONVERTED, on_referral_converted(book), name="points-referral-converted")
     kit.every(settings.expiry_sweep_seconds, lambda: sweep_expired(kit.db), name="expiry-sweep")
 
 

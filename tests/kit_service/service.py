@@ -67,7 +67,7 @@ def add_NotesServicer_to_server(servicer: NotesServicer, server: grpc.aio.Server
 
 class NotesServicer:
     def __init__(self, kit: Kit) -> None:
-        self.db, self.added = kit.db, kit.broadcast(ADDED.subject, StringValue)
+        self.db, self.added = kit.db, kit.broadcast(ADDED)
 
     async def Add(self, request: StringValue, context: grpc.aio.ServicerContext[Any, Any]) -> StringValue:
         def add(session: Session) -> str:
@@ -92,7 +92,7 @@ async def build(kit: Kit) -> None:
         text = delivery.event.value
         return lambda s: s.execute(update(Note).where(col(Note.text) == text).values(seen=Note.seen + 1))
 
-    kit.consume(ADDED.subject, StringValue, seen)
+    kit.consume(ADDED, seen)
 
     async def tidy(ctx: JobContext) -> None:
         for step in range(settings.tidy_steps):

@@ -9,14 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from services.foundation.messaging_schema import (
-    create_idempotency_tables,
-    create_messaging_tables,
-    create_scheduled_tables,
-    drop_idempotency_tables,
-    drop_messaging_tables,
-    drop_scheduled_tables,
-)
+from services.foundation.messaging_schema import create_kit_tables, drop_kit_tables
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -25,9 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    create_messaging_tables()
-    create_scheduled_tables()
-    create_idempotency_tables()
+    create_kit_tables()
     op.create_table(
         "note",
         sa.Column("text", sa.String(200), primary_key=True),
@@ -45,6 +36,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("tidy_step")
     op.drop_table("note")
-    drop_idempotency_tables()
-    drop_scheduled_tables()
-    drop_messaging_tables()
+    drop_kit_tables()
