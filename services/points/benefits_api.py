@@ -15,6 +15,7 @@ from alliance.v1 import benefits_pb2_grpc
 from services.foundation import validation
 from services.foundation.db import Database, after_commit, utcnow
 from services.foundation.errors import InvalidArgument, NotFound
+from services.foundation.idempotency import command_hash
 from services.foundation.ids import ts
 from services.foundation.money import wire
 from services.points import benefits_store, commands
@@ -54,7 +55,7 @@ def claim_hash(quote: QuoteInput, at_given: bool, use_free_item: bool) -> str:
         "at": quote.at if at_given else None,
         "use_free_item": use_free_item,
     }
-    return commands.command_hash("claim", fields)
+    return command_hash("claim", fields)
 
 
 # Quotes whose alliance discount is not above what the merchant gives the public anyway: the

@@ -7,8 +7,6 @@ anything is written, whichever door it came in by.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -21,6 +19,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.foundation.errors import InvalidArgument
+from services.foundation.idempotency import command_hash
 from services.points.campaigns.evaluation import EarnEvent
 
 MAX_KEY = 128
@@ -47,7 +46,8 @@ class EarnCommand:
 
     @cached_property
     def request_hash(self) -> str:
-        """What a retry under the same idempotency key must match (see `command_hash`)."""
+        """What a retry under the same idempotency key must match: a hash of the validated values
+        (foundation.idempotency.command_hash), so "50" and "50.00" or an id the server trims agree."""
         return _hash_of("earn", self)
 
     @property
@@ -87,33 +87,6 @@ class LedgerPage:
     user_id: str
     page_size: int
     before_id: int | None = field(default=None)
-
-
-def command_hash(operation: str, fields: Mapping[str, object]) -> str:
-    """The idempotency hash of a command: SHA-256 of canonical JSON of its validated values, so a
-    retry that means the same ("50" and "50.00", an id with a space the server trims) is the same
-    request, and one that means something else is not.
-
-    Canonical: keys sorted, no spaces; Decimal as its normalised plain string ("50.00" -> "50");
-    datetime (aware) in UTC, ISO 8601; mappings as objects with sorted keys. Anything else that
-    JSON cannot hold is a mistake of the caller (TypeError).
-    """
-    text = json.dumps(
-        {"operation": operation, "fields": fields}, sort_keys=True, separators=(",", ":"), default=_canonical
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _canonical(value: object) -> object:
-    if isinstance(value, Decimal):
-        return f"{value.normalize():f}"
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise TypeError("command_hash: a naive datetime has no single meaning")
-        return value.astimezone(UTC).isoformat()
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"command_hash: no canonical form for {type(value).__name__}")
 
 
 def _hash_of(operation: str, command: Any) -> str:
