@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.foundation.errors import InvalidArgument
+
+MAX_KEY = 128  # idempotency keys
+MAX_ID = 64  # ids of users, customers, merchants, orders
+MAX_AMOUNT = 10**12
+# [0-9], not \d: \d also matches full-width and other scripts' digits.
+_AMOUNT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
 
 # Times outside these years are typing mistakes, not business (protobuf allows years 1-9999).
 EARLIEST_YEAR, LATEST_YEAR = 2000, 2100
@@ -44,6 +53,49 @@ def timestamp(
     if not future and when > now + CLOCK_SKEW:
         raise InvalidArgument(name, f"is in the future ({when.isoformat()} > server time {now.isoformat()})")
     return when
+
+
+# -- text and amounts ----------------------------------------------------------------------------
+
+
+def required_text(value: str, name: str, max_len: int = MAX_ID) -> str:
+    """Trimmed and in Unicode NFC, so an id has one spelling: an accented letter sent precomposed
+    (U+00E9) or decomposed (e + U+0301, NFD, as some systems send it) is one user, not two accounts."""
+    value = unicodedata.normalize("NFC", value.strip())
+    if not value:
+        raise InvalidArgument(name, "is required")
+    if len(value) > max_len:
+        raise InvalidArgument(name, f"is longer than {max_len} characters")
+    if not value.isprintable():
+        raise InvalidArgument(name, "contains control characters")
+    return value
+
+
+def amount(value: str, name: str = "amount", *, maximum: int = MAX_AMOUNT) -> Decimal | None:
+    """An amount written as ASCII digits with an optional point and up to 2 decimals ("12.50");
+    None when blank. Decimal() alone also reads full-width digits (U+FF10-U+FF19), "1_000",
+    "1e3", "+5": a wrong keyboard or a typo, which must not become money."""
+    text = value.strip()
+    if not text:
+        return None
+    if not _AMOUNT.fullmatch(text):
+        raise InvalidArgument(name, _amount_problem(text))
+    parsed = Decimal(text)
+    if parsed > maximum:
+        raise InvalidArgument(name, f"must be at most {maximum}")
+    return parsed
+
+
+def _amount_problem(text: str) -> str:
+    if not text.isascii():
+        return f"{text!r} must be written with ASCII digits 0-9"
+    if re.fullmatch(r"-[0-9]+(\.[0-9]+)?", text):
+        return "must not be negative"
+    if text.lstrip("+-").lower() in ("nan", "snan", "inf", "infinity"):
+        return "must be a finite number"
+    if re.fullmatch(r"[0-9]+\.[0-9]{3,}", text):
+        return "has more than 2 decimal places"
+    return f"{text!r} is not a decimal number (digits 0-9, then optionally '.' and 1 or 2 digits, like 12.50)"
 
 
 # -- pages ---------------------------------------------------------------------------------------

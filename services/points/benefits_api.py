@@ -18,7 +18,7 @@ from services.foundation.errors import InvalidArgument, NotFound
 from services.foundation.idempotency import command_hash
 from services.foundation.ids import ts
 from services.foundation.money import wire
-from services.points import benefits_store, commands
+from services.points import benefits_store
 from services.points.benefits.quote import BenefitBook, Quote, QuoteInput, UnknownMerchant, Usage
 from services.points.benefits_store import ClaimCommand, CustomerState
 from services.points.quote_cache import QuoteCache
@@ -31,12 +31,12 @@ def moment(value: Timestamp, present: bool, name: str) -> datetime:
 
 
 def quote_input(customer_id: str, merchant_id: str, category: str, amount: str, at: datetime) -> QuoteInput:
-    parsed = commands.amount(amount)
+    parsed = validation.amount(amount)
     if parsed is None:
         raise InvalidArgument("amount", "is required")
     return QuoteInput(
-        customer_id=commands.required_text(customer_id, "customer_id"),
-        merchant_id=commands.required_text(merchant_id, "merchant_id"),
+        customer_id=validation.required_text(customer_id, "customer_id"),
+        merchant_id=validation.required_text(merchant_id, "merchant_id"),
         category=category.strip() or None,
         amount=parsed,
         at=at,
@@ -94,7 +94,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         self, request: api.ClaimBenefitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.ClaimBenefitResponse:
         at = moment(request.at, request.HasField("at"), "at")
-        key = commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY)
+        key = validation.required_text(request.idempotency_key, "idempotency_key", validation.MAX_KEY)
         quote = quote_input(request.customer_id, request.merchant_id, request.category, request.amount, at)
         cmd = ClaimCommand(
             idempotency_key=key,
@@ -116,7 +116,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
     async def GetEntitlements(
         self, request: api.GetEntitlementsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.Entitlements:
-        customer_id = commands.required_text(request.customer_id, "customer_id")
+        customer_id = validation.required_text(request.customer_id, "customer_id")
         at = moment(request.at, request.HasField("at"), "at")
         state = await self.view.state(customer_id)
         found = self.book.entitlements(customer_id, state.aum, at, state.usage)
@@ -143,8 +143,8 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
     async def SetCustomerAum(
         self, request: api.SetCustomerAumRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.CustomerAum:
-        customer_id = commands.required_text(request.customer_id, "customer_id")
-        aum = commands.amount(request.aum, "aum")
+        customer_id = validation.required_text(request.customer_id, "customer_id")
+        aum = validation.amount(request.aum, "aum")
         if aum is None:
             raise InvalidArgument("aum", "is required")
         if not request.HasField("as_of"):

@@ -22,13 +22,13 @@ from services.points.spend_multipliers import SpendMultipliers
 
 def earn_command(request: api.EarnRequest) -> EarnCommand:
     return EarnCommand(
-        idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
-        user_id=commands.required_text(request.user_id, "user_id"),
+        idempotency_key=validation.required_text(request.idempotency_key, "idempotency_key", validation.MAX_KEY),
+        user_id=validation.required_text(request.user_id, "user_id"),
         event_type=commands.event_type(request.event_type),
         occurred_at=validation.timestamp(
             request.occurred_at, "occurred_at", present=request.HasField("occurred_at"), now=utcnow(), future=False
         ),
-        amount=commands.amount(request.amount),
+        amount=validation.amount(request.amount),
         attributes=commands.attributes(request.attributes),
     )
 
@@ -59,10 +59,10 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
         self, request: api.RedeemRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.RedeemResponse:
         cmd = RedeemCommand(
-            idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
-            user_id=commands.required_text(request.user_id, "user_id"),
+            idempotency_key=validation.required_text(request.idempotency_key, "idempotency_key", validation.MAX_KEY),
+            user_id=validation.required_text(request.user_id, "user_id"),
             points=commands.positive_points(request.points),
-            order_id=commands.required_text(request.order_id, "order_id", 128),
+            order_id=validation.required_text(request.order_id, "order_id", 128),
             description=request.description.strip()[:512],
         )
         return await self.db.run(lambda s: ledger.redeem(s, cmd))
@@ -73,10 +73,10 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
         if request.points < 0:
             raise InvalidArgument("points", "must not be negative (0 reverses everything left)")
         cmd = ReverseCommand(
-            idempotency_key=commands.required_text(request.idempotency_key, "idempotency_key", commands.MAX_KEY),
-            transaction_id=commands.required_text(request.transaction_id, "transaction_id", 32),
+            idempotency_key=validation.required_text(request.idempotency_key, "idempotency_key", validation.MAX_KEY),
+            transaction_id=validation.required_text(request.transaction_id, "transaction_id", 32),
             points=request.points,
-            reason=commands.required_text(request.reason, "reason", 512),
+            reason=validation.required_text(request.reason, "reason", 512),
             allow_partial=request.allow_partial,
         )
         return await self.db.run(lambda s: ledger.reverse(s, cmd))
@@ -84,7 +84,7 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
     async def GetBalance(
         self, request: api.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.Balance:
-        user_id = commands.required_text(request.user_id, "user_id")
+        user_id = validation.required_text(request.user_id, "user_id")
         now = utcnow()
         return await self.db.run(lambda s: ledger.balance(s, user_id, now))
 
@@ -92,7 +92,7 @@ class PointsServicer(points_pb2_grpc.PointsServicer):
         self, request: api.ListLedgerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.ListLedgerResponse:
         page = LedgerPage(
-            user_id=commands.required_text(request.user_id, "user_id"),
+            user_id=validation.required_text(request.user_id, "user_id"),
             page_size=validation.page_size(request.page_size),
             before_id=validation.page_position(request.page_token),
         )

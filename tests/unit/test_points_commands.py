@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from alliance.v1 import points_pb2 as api
+from services.foundation import validation
 from services.foundation.errors import InvalidArgument
 from services.points import commands
 from services.points.grpc_api import earn_command
@@ -78,7 +79,7 @@ def test_an_earn_is_hashed_by_its_validated_values() -> None:
 
 @pytest.mark.parametrize("text", ["0", "12", "12.5", "12.50", " 12.50 ", "1000000000000"])
 def test_amounts_in_ascii_digits_pass(text: str) -> None:
-    assert commands.amount(text) == Decimal(text.strip())
+    assert validation.amount(text) == Decimal(text.strip())
 
 
 @pytest.mark.parametrize(
@@ -103,20 +104,20 @@ def test_amounts_in_ascii_digits_pass(text: str) -> None:
 )
 def test_amounts_other_than_ascii_digits_are_refused(text: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        commands.amount(text, "aum")
+        validation.amount(text, "aum")
     assert caught.value.field == "aum"
 
 
 def test_amounts_are_at_most_max_points() -> None:
     with pytest.raises(InvalidArgument, match="amount: must be at most"):
-        commands.amount(str(commands.MAX_POINTS + 1))
+        validation.amount(str(commands.MAX_POINTS + 1))
 
 
 def test_ids_are_stored_in_one_spelling_nfc() -> None:
     nfd = "jose\u0301"  # "e" + combining acute accent
-    assert commands.required_text(f" {nfd} ", "user_id") == "jos\u00e9"
-    assert commands.required_text("jos\u00e9", "user_id") == "jos\u00e9"
+    assert validation.required_text(f" {nfd} ", "user_id") == "jos\u00e9"
+    assert validation.required_text("jos\u00e9", "user_id") == "jos\u00e9"
     # The limit is on the stored (NFC) spelling: 64 NFD characters that are 32 once composed fit.
-    assert commands.required_text("e\u0301" * 32, "user_id") == "\u00e9" * 32
+    assert validation.required_text("e\u0301" * 32, "user_id") == "\u00e9" * 32
     with pytest.raises(InvalidArgument, match="user_id: is longer than 64"):
-        commands.required_text("\u00e9" * 65, "user_id")
+        validation.required_text("\u00e9" * 65, "user_id")

@@ -26,7 +26,7 @@ def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) ->
         extra = commands.attributes(event.attributes)
         return EarnCommand(
             idempotency_key=f"{SUBJECT}:{event_id}",
-            user_id=commands.required_text(event.referrer_id, "referrer_id"),
+            user_id=validation.required_text(event.referrer_id, "referrer_id"),
             event_type=EVENT_TYPE,
             occurred_at=validation.timestamp(
                 event.occurred_at, "occurred_at", present=event.HasField("occurred_at"), now=utcnow(), future=False
@@ -34,7 +34,7 @@ def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) ->
             amount=None,
             attributes={
                 **extra,
-                "product": commands.required_text(event.product, "product"),
+                "product": validation.required_text(event.product, "product"),
                 "level": str(event.level or 1),
                 "referred_id": event.referred_id,
             },
