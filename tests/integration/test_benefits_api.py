@@ -5,89 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from sqlmodel import col, select
 
 from alliance.v1 import benefits_pb2 as api
-from alliance.v1 import benefits_pb2_grpc, customer_events_pb2
+from alliance.v1 import customer_events_pb2
 from services.foundation.bus import MSG_ID_HEADER
 from services.foundation.inbox import InboxEntry
-from tests.integration.conftest import PointsUnderTest, write_campaign
-from tests.integration.points_calls import stamp
-from tests.integration.waiting import eventually
-
-BEIJING = timezone(timedelta(hours=8))
-TUESDAY_EVENING = datetime(2026, 11, 24, 19, 0, tzinfo=BEIJING)
-
-CINEMA = """\
-campaign: test-cinema
-title: Cinema benefits for tests
-active: {from: 2020-01-01}
-timezone: Asia/Shanghai
-benefits:
-  tiers:
-    - {id: basic, min_aum: 0}
-    - {id: silver, min_aum: 50000}
-    - {id: gold, min_aum: 100000}
-  calendar:
-    peak:
-      weekly:
-        - {from: "fri 12:00", until: "sun 24:00"}
-      holidays: [2026-12-02]
-  merchants:
-    m-cinema: {category: cinema, public_discount: 0.10, name: Test Cinema}
-    m-cheap: {category: cinema, public_discount: 0.60, name: Always Cheap Cinema}
-  floor_price: 1.00
-  offers:
-    - id: gold-offpeak
-      when: {category: cinema, tier: gold, period: off_peak}
-      discount: {rate: 0.50}
-      priority: 10
-    - id: gold-peak
-      when: {category: cinema, tier: gold, period: peak}
-      discount: {rate: 0.20}
-    - id: silver-any
-      when: {category: cinema, tier: silver}
-      discount: {rate: 0.30}
-      budget: 50
-      on_exhausted: fail
-    - id: free-ticket
-      when: {category: cinema}
-      free_item: {item: cinema-ticket, per_year: {silver: 1, gold: 2}}
-"""
-
-
-@pytest.fixture
-async def benefits(points: PointsUnderTest) -> benefits_pb2_grpc.BenefitsStub:
-    write_campaign(points.rules_dir, "test-cinema", CINEMA)
-    await points.reload_rules()
-    return benefits_pb2_grpc.BenefitsStub(points.channel)
-
-
-async def set_aum(stub: benefits_pb2_grpc.BenefitsStub, customer: str, aum: str) -> None:
-    await stub.SetCustomerAum(api.SetCustomerAumRequest(customer_id=customer, aum=aum, as_of=stamp()))
-
-
-def quote_request(
-    customer: str, at: datetime = TUESDAY_EVENING, merchant: str = "m-cinema", amount: str = "80.00"
-) -> api.QuoteDiscountRequest:
-    return api.QuoteDiscountRequest(customer_id=customer, merchant_id=merchant, amount=amount, at=stamp(at))
-
-
-def claim_request(
-    customer: str, *, key: str | None = None, free: bool = False, amount: str = "80.00", at: datetime = TUESDAY_EVENING
-) -> api.ClaimBenefitRequest:
-    return api.ClaimBenefitRequest(
-        idempotency_key=key or uuid.uuid4().hex,
-        customer_id=customer,
-        merchant_id="m-cinema",
-        amount=amount,
-        at=stamp(at),
-        use_free_item=free,
-    )
+from tests.support import (
+    BEIJING,
+    CINEMA,
+    TUESDAY_EVENING,
+    PointsUnderTest,
+    claim_request,
+    eventually,
+    quote_request,
+    set_aum,
+    stamp,
+    write_campaign,
+)
 
 
 async def test_tier_boundary_is_inclusive_at_exactly_100000(benefits, user: str) -> None:  # type: ignore[no-untyped-def]

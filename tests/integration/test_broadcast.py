@@ -21,7 +21,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from services.foundation.broadcast import SHUTTING_DOWN, Broadcast, Listener, ListenerDropped
 from services.foundation.bus import EventBus
 from services.foundation.nats_server import EmbeddedNats
-from tests.integration.waiting import eventually
+from tests.support import eventually
 
 EVENT_TYPE = StringValue.DESCRIPTOR.full_name
 

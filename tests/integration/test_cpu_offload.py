@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from services.foundation.cpu import CpuPool, CpuPoolClosed
-from tests.integration.waiting import eventually
+from tests.support import eventually
 
 
 def burn(seconds: float) -> int:

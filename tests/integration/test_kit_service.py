@@ -39,10 +39,10 @@ from services.foundation.scheduled import ScheduledRun, occurrence_key
 from services.foundation.schema import KitTable
 from services.points.models import SCHEMA as POINTS_SCHEMA
 from tests.conftest import drop_postgres_database, fresh_postgres_database
-from tests.integration.waiting import eventually
 from tests.kit_service.service import SCHEMA as NOTES_SCHEMA
 from tests.kit_service.service import SERVICE as NOTES
 from tests.kit_service.service import Note, NotesSettings, TidyStep
+from tests.support import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 NOTES_TABLES = {"note", "tidy_step"}

@@ -17,7 +17,7 @@ from services.foundation.db import Database
 from services.foundation.events import Event
 from services.foundation.nats_server import EmbeddedNats
 from services.foundation.outbox import OutboxEvent, OutboxRelay, add_event
-from tests.integration.waiting import eventually
+from tests.support import eventually
 
 HAPPENED = Event("test.v1.happened", Empty)
 SUBJECT = HAPPENED.subject

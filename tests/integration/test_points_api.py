@@ -11,9 +11,7 @@ import pytest
 from alliance.v1 import points_pb2 as api
 from services.points import ledger
 from services.points.expiry import sweep_expired
-from tests.integration.conftest import PointsUnderTest, write_campaign
-from tests.integration.points_calls import earn_request, redeem_request, reverse_request
-from tests.integration.waiting import eventually
+from tests.support import PointsUnderTest, earn_request, eventually, redeem_request, reverse_request, write_campaign
 
 SHORT_LIVED = """\
 campaign: short-lived
@@ -234,7 +232,7 @@ async def test_pages_of_the_ledger(points: PointsUnderTest, user: str) -> None:
 
 async def test_a_broken_rule_file_leaves_the_last_good_version_in_force(points: PointsUnderTest, user: str) -> None:
     from services.foundation.rules.directory import REJECTIONS
-    from tests.integration.conftest import TEST_CAMPAIGN
+    from tests.support import TEST_CAMPAIGN
 
     rejected_before = REJECTIONS.labels("campaigns", str(points.rules_dir / "campaigns" / "test-referral.yaml"))
     before = rejected_before._value.get()

@@ -7,8 +7,7 @@ import pytest
 
 from alliance.v1 import points_pb2 as api
 from services.points import ledger
-from tests.integration.conftest import PointsUnderTest
-from tests.integration.points_calls import earn_request, redeem_request, reverse_request
+from tests.support import PointsUnderTest, earn_request, redeem_request, reverse_request
 
 CASES = [
     ("Earn", lambda u: api.EarnRequest(user_id=u), grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key"),

@@ -16,11 +16,20 @@ from services.foundation.bus import MSG_ID_HEADER
 from services.foundation.db import utcnow
 from services.points import ledger
 from services.points.models import CampaignBudget, CampaignUsage, PointLot, PointsAccount, PointsTransaction
-from tests.integration.conftest import PointsUnderTest, write_campaign
-from tests.integration.points_calls import earn_request, redeem_request, reverse_request, stamp
-from tests.integration.test_benefits_api import CINEMA, claim_request, set_aum
-from tests.integration.test_points_events import ensure_referral_stream, published_for
-from tests.integration.waiting import eventually
+from tests.support import (
+    CINEMA,
+    PointsUnderTest,
+    claim_request,
+    earn_request,
+    ensure_referral_stream,
+    eventually,
+    published_for,
+    redeem_request,
+    reverse_request,
+    set_aum,
+    stamp,
+    write_campaign,
+)
 
 # -- 1. an award whose points would already have expired is not made ------------------------------
 

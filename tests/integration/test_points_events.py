@@ -4,39 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-import nats
-from nats.js.api import DeliverPolicy
 from sqlmodel import select
 
 from alliance.v1 import points_events_pb2, points_pb2, referral_events_pb2
 from services.foundation.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER
 from services.foundation.inbox import ParkedEvent
-from tests.integration.conftest import PointsUnderTest
-from tests.integration.points_calls import earn_request, stamp
-from tests.integration.waiting import eventually
-
-
-async def published_for(js: nats.js.JetStreamContext, subject: str, message_type, user: str) -> list:  # type: ignore[no-untyped-def]
-    """Every event on `subject` about `user`, read with a throwaway ordered consumer."""
-    found = []
-    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except nats.errors.TimeoutError:
-                break
-            event = message_type.FromString(msg.data)
-            if event.user_id == user:
-                found.append((event, msg.headers))
-    finally:
-        await sub.unsubscribe()
-    return found
-
-
-async def ensure_referral_stream(js: nats.js.JetStreamContext) -> None:
-    # The referral service owns this stream; until it exists, tests create it as it would.
-    await js.add_stream(name="REFERRAL", subjects=["referral.v1.>"], duplicate_window=600)
+from tests.support import PointsUnderTest, earn_request, ensure_referral_stream, eventually, published_for, stamp
 
 
 async def balance(points: PointsUnderTest, user: str) -> int:

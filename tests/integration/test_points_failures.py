@@ -18,9 +18,7 @@ from services.foundation.db import Database
 from services.foundation.host import ServiceHost
 from services.foundation.nats_server import EmbeddedNats
 from services.points.service import SERVICE as POINTS
-from tests.integration.conftest import points_settings
-from tests.integration.points_calls import earn_request
-from tests.integration.waiting import eventually
+from tests.support import earn_request, eventually, points_settings
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from alliance.v1 import benefits_pb2_grpc
-from tests.integration.conftest import PointsUnderTest, write_campaign
-from tests.integration.points_calls import earn_request
-from tests.integration.test_benefits_api import set_aum
+from tests.support import PointsUnderTest, earn_request, set_aum, write_campaign
 
 BEIJING = timezone(timedelta(hours=8))
 

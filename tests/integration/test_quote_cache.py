@@ -28,9 +28,7 @@ from services.points.models import SCHEMA as POINTS_SCHEMA
 from services.points.models import CustomerAum
 from services.points.quote_cache import RELOAD_BATCH, QuoteCache
 from services.points.service import SERVICE as POINTS
-from tests.integration.conftest import points_settings, write_campaign
-from tests.integration.test_benefits_api import CINEMA, claim_request, quote_request, set_aum
-from tests.integration.waiting import eventually
+from tests.support import CINEMA, claim_request, eventually, points_settings, quote_request, set_aum, write_campaign
 
 T = TypeVar("T")
 

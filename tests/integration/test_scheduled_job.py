@@ -26,7 +26,7 @@ from services.foundation.scheduled import (
     occurrence_key,
 )
 from services.foundation.schema import KitTable
-from tests.integration.waiting import eventually
+from tests.support import eventually
 
 T = TypeVar("T")
 

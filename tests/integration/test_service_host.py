@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from services.foundation import migrations
 from services.foundation.db import Database
 from services.points.models import SCHEMA as POINTS_SCHEMA
-from tests.integration.conftest import PointsUnderTest
+from tests.support import PointsUnderTest
 
 
 async def test_health_and_reflection_list_every_service(points: PointsUnderTest) -> None:

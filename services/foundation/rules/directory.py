@@ -100,6 +100,13 @@ class RuleDirectory(Generic[T]):
         """Files whose current version is rejected (their last good version, if any, is in force)."""
         return MappingProxyType(dict(self._errors))
 
+    def up_to_date(self) -> bool:
+        """Whether every file as it is on disk now has been read and what is in force told (tests
+        and health checks wait on this instead of sleeping past a poll interval)."""
+        contents, unreadable = self._read_files()
+        digests = {file: hashlib.sha256(content).hexdigest() for file, content in contents.items()}
+        return not unreadable and not self._notify and digests == self._hashes
+
     def poll(self) -> bool:
         """Read the directory once; True if what is in force changed and on_change was called."""
         contents, unreadable = self._read_files()

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from services.foundation.rules.directory import RuleDirectory
 from services.foundation.rules.errors import RuleFileError
-from tests.integration.waiting import eventually
+from tests.support import eventually
 
 
 def parse(file: str, content: bytes) -> str:
@@ -243,3 +243,23 @@ async def test_watch_survives_errors(tmp_path: Path, caplog: pytest.LogCaptureFi
         assert await recorder.next_change() == {f"{missing}/a.yaml": "late"}
     stop.set()
     await asyncio.wait_for(task, timeout=2)
+
+
+def test_up_to_date_says_whether_every_file_on_disk_has_been_read(tmp_path: Path) -> None:
+    file = tmp_path / "x.yaml"
+    file.write_text("v1\n")
+    directory, _ = make(tmp_path, "up-to-date")
+    assert not directory.up_to_date()  # never polled
+    directory.poll()
+    assert directory.up_to_date()
+    file.write_text("v2\nok\nbad\n")  # a bad version counts as read once refused
+    assert not directory.up_to_date()
+    directory.poll()
+    assert directory.up_to_date()
+    (tmp_path / "y.yaml").write_text("new\n")
+    assert not directory.up_to_date()
+    directory.poll()
+    file.unlink()
+    assert not directory.up_to_date()
+    directory.poll()
+    assert directory.up_to_date()
