@@ -45,7 +45,10 @@ class MicroBatcher(Generic[T, R]):
             self._size.observe(len(batch))
             try:
                 results: Sequence[R | BaseException] = await self._process([item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"a batch of {len(batch)} items got {len(results)} results")
             except Exception as error:
+                # Every caller of this batch hears of it; the batches behind it go on.
                 results = [error] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the caller went away (cancelled); the work is done regardless

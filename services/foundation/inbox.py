@@ -36,6 +36,8 @@ CONSUMED = Counter("alliance_events_consumed_total", "events applied", ["consume
 
 M = TypeVar("M", bound=Message)
 Unit = Callable[[Session], object]
+# The inbox and parked tables hold ids up to this length (a uuid4 hex is 32).
+MAX_EVENT_ID = 64
 
 
 class InboxEntry(KitTable, table=True):
@@ -114,7 +116,7 @@ class EventConsumer(Generic[M]):
                         return
                 try:
                     messages = await subscription.fetch(self.batch, timeout=1.0)
-                except NatsTimeoutError:
+                except (NatsTimeoutError, TimeoutError):  # nats.py raises either when nothing came
                     continue
                 for msg in messages:
                     await self._process(msg)
@@ -139,12 +141,14 @@ class EventConsumer(Generic[M]):
                     filter_subject=self.subject,
                     ack_policy=AckPolicy.EXPLICIT,
                     deliver_policy=DeliverPolicy.ALL,
-                    max_deliver=self.max_deliver,
+                    # Unlimited on the server: this consumer parks an event at its own max_deliver,
+                    # and an event whose parking failed (database away) must come back, not vanish.
+                    max_deliver=-1,
                     ack_wait=self.ack_wait_seconds,
                 )
-                return await self.bus.js.pull_subscribe(
-                    self.subject, durable=self.name, stream=self.stream, config=config
-                )
+                # Create or update: a consumer made by an older version gets this config too.
+                await self.bus.js.add_consumer(self.stream, config)
+                return await self.bus.js.pull_subscribe_bind(durable=self.name, stream=self.stream)
             if not waiting_logged:  # its producer may not be deployed yet: say so once, then wait quietly
                 log.info("waiting for stream", extra={"stream": self.stream, "consumer": self.name})
                 waiting_logged = True
@@ -168,6 +172,8 @@ class EventConsumer(Generic[M]):
             event_id = getattr(event, "event_id", "") or event_id
             if not event_id:
                 raise PermanentEventError("event has no event_id and no Nats-Msg-Id header")
+            if len(event_id) > MAX_EVENT_ID:
+                raise PermanentEventError(f"event_id is longer than {MAX_EVENT_ID} characters: {event_id!r}")
             unit = await self.handler(Delivery(event, event_id, msg.subject, deliveries))
             applied = await self.db.run(lambda s: self._apply_once(s, event_id, msg.subject, unit))
             await msg.ack()
@@ -187,7 +193,7 @@ class EventConsumer(Generic[M]):
                         "error": repr(error),
                     },
                 )
-                await msg.nak(delay=min(2.0**deliveries, 30.0))
+                await msg.nak(delay=_backoff(deliveries))
 
     def _apply_once(self, session: Session, event_id: str, subject: str, unit: Unit | None) -> bool:
         if session.get(InboxEntry, (self.name, event_id)) is not None:
@@ -199,23 +205,20 @@ class EventConsumer(Generic[M]):
         return True
 
     async def _park(self, msg: Msg, event_id: str, deliveries: int, reason: str) -> None:
-        log.error(
-            "event parked",
-            extra={
-                "consumer": self.name,
-                "subject": msg.subject,
-                "event_id": event_id,
-                "deliveries": deliveries,
-                "reason": reason,
-            },
-        )
+        fields = {
+            "consumer": self.name,
+            "subject": msg.subject,
+            "event_id": event_id,
+            "deliveries": deliveries,
+            "reason": reason,
+        }
 
         def park(session: Session) -> None:
             session.add(
                 ParkedEvent(
                     consumer=self.name,
                     subject=msg.subject,
-                    event_id=event_id or "",
+                    event_id=event_id[:MAX_EVENT_ID],  # the whole id is in the error when it is too long
                     payload=msg.data,
                     headers=dict(msg.headers or {}),
                     error=reason,
@@ -223,6 +226,18 @@ class EventConsumer(Generic[M]):
                 )
             )
 
-        await self.db.run(park)
+        try:
+            await self.db.run(park)
+        except Exception as error:
+            # Not parked, so not settled either: it comes back (the server's max_deliver is
+            # unlimited) and parking is tried again, rather than the event being lost.
+            log.error("parking an event failed; it will be delivered again", extra={**fields, "error": repr(error)})
+            await msg.nak(delay=_backoff(deliveries))
+            return
+        log.error("event parked", extra=fields)
         await msg.term()
         CONSUMED.labels(self.name, "parked").inc()
+
+
+def _backoff(deliveries: int) -> float:
+    return min(2.0**deliveries, 30.0)

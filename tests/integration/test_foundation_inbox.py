@@ -382,17 +382,6 @@ async def test_a_parked_event_does_not_hold_up_the_events_behind_it(kit: Kit) ->
     assert await kit.effects() == [("ev-2", 1), ("ev-3", 1)]
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "EventConsumer: an event id longer than 64 characters fails the inbox insert on PostgreSQL "
-        "(varchar(64)) on every delivery, and then the parked_event insert too; _park's failure escapes "
-        "_process at the last delivery, the message is never acked, nak'd or terminated, and JetStream "
-        "(max_deliver reached) never redelivers it: the event is silently dropped"
-    ),
-)
 async def test_an_event_whose_id_does_not_fit_the_inbox_is_parked_not_dropped(kit: Kit) -> None:
     long_id = "ev-" + "x" * 77  # 80 characters: a producer's id the inbox columns cannot hold
     handler = Recorder()
