@@ -16,8 +16,8 @@ from services.points.campaigns.book import CampaignBook
 from services.points.consumers.aum_reports import on_aum_changed
 from services.points.consumers.referral_conversions import on_referral_converted
 from services.points.expiry import sweep_expired
-from services.points.grpc_api import PointsServicer
 from services.points.models import SCHEMA
+from services.points.points_api import PointsServicer
 from services.points.quote_cache import QuoteCache
 from services.points.settings import PointsSettings
 from services.points.spend_multipliers import SpendMultipliers

@@ -15,8 +15,6 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 
-import pytest
-
 from services.foundation.batching import MicroBatcher
 
 DEADLINE = 5.0

@@ -11,7 +11,7 @@ from alliance.v1 import points_pb2 as api
 from services.foundation import validation
 from services.foundation.errors import InvalidArgument
 from services.points import commands
-from services.points.grpc_api import earn_command
+from services.points.points_api import earn_command
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 

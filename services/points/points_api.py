@@ -1,4 +1,4 @@
-"""The gRPC face of the points service: validate, evaluate the campaigns, run a ledger unit."""
+"""The gRPC face of points (alliance.v1.Points): validate, evaluate the campaigns, run a ledger unit."""
 
 from __future__ import annotations
 
