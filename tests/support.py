@@ -128,6 +128,20 @@ def write_campaign(rules_dir: Path, name: str, text: str) -> Path:
     return path
 
 
+# Points that expire a day after they are earned.
+SHORT_LIVED = """\
+campaign: short-lived
+title: Points that expire after one day
+active: {from: 2020-01-01}
+points:
+  expiry: {days: 1}
+  rules:
+    - id: like
+      when: {event: social.liked}
+      award: 5
+"""
+
+
 @dataclass
 class PointsUnderTest:
     host: ServiceHost

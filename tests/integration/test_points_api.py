@@ -11,19 +11,15 @@ import pytest
 from alliance.v1 import points_pb2 as api
 from services.points import ledger
 from services.points.expiry import sweep_expired
-from tests.support import PointsUnderTest, earn_request, eventually, redeem_request, reverse_request, write_campaign
-
-SHORT_LIVED = """\
-campaign: short-lived
-title: Points that expire after one day
-active: {from: 2020-01-01}
-points:
-  expiry: {days: 1}
-  rules:
-    - id: like
-      when: {event: social.liked}
-      award: 5
-"""
+from tests.support import (
+    SHORT_LIVED,
+    PointsUnderTest,
+    earn_request,
+    eventually,
+    redeem_request,
+    reverse_request,
+    write_campaign,
+)
 
 
 async def ledger_sum(points: PointsUnderTest, user: str) -> int:

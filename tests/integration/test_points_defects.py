@@ -18,6 +18,7 @@ from services.points import ledger
 from services.points.models import CampaignBudget, CampaignUsage, PointLot, PointsAccount, PointsTransaction
 from tests.support import (
     CINEMA,
+    SHORT_LIVED,
     PointsUnderTest,
     claim_request,
     earn_request,
@@ -45,18 +46,6 @@ points:
     - id: day
       when: {event: referral.converted}
       award: 40
-"""
-
-SHORT_LIVED = """\
-campaign: short-lived
-title: Points that expire after one day
-active: {from: 2020-01-01}
-points:
-  expiry: {days: 1}
-  rules:
-    - id: like
-      when: {event: social.liked}
-      award: 5
 """
 
 
