@@ -55,17 +55,15 @@ def run_env() -> None:
     key = zlib.crc32(f"alliance-{schema.service}-migrations".encode())
     with db.engine.connect() as connection:
         if not db.is_sqlite:
-            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        try:
-            context.configure(
-                connection=connection,
-                target_metadata=schema.complete_metadata(),
-                render_as_batch=db.is_sqlite,  # SQLite alters tables by copy
-                compare_type=True,
-            )
-            with context.begin_transaction():
-                context.run_migrations()
-        finally:
-            if not db.is_sqlite:
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                connection.commit()
+            # Held until the migrations' transaction ends, so a replica waiting for it sees them
+            # committed; a transaction lock also cannot be stranded behind a pooler.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        context.configure(
+            connection=connection,
+            target_metadata=schema.complete_metadata(),
+            render_as_batch=db.is_sqlite,  # SQLite alters tables by copy
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()

@@ -126,6 +126,9 @@ class OutboxRelay:
         await wait_or_stop(self.bus.ready.wait(), stop)
         purge_every = 0
         while not stop.is_set():
+            # Cleared before reading the pending rows: a commit while they are read or published
+            # sets it again, so the loop goes round once more instead of waiting for the poll.
+            self._wake.clear()
             try:
                 published = await self.relay_once()
                 purge_every = (purge_every + 1) % 3600
@@ -136,7 +139,6 @@ class OutboxRelay:
                 published = 0
                 await sleep_or_stop(stop, 1.0)
             if published < self.batch_size:
-                self._wake.clear()
                 self.waiting = True
                 await wait_or_stop(asyncio.wait_for(self._wake.wait(), self.idle_seconds), stop)
                 self.waiting = False

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import grpc
+import pytest
 from alembic import command
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.foundation import migrations
 from services.foundation.db import Database
-from services.points.models import SCHEMA as POINTS_SCHEMA
+from services.registry import SERVICES
 from tests.support import PointsUnderTest
 
 
@@ -30,15 +34,17 @@ async def test_health_and_reflection_list_every_service(points: PointsUnderTest)
     assert {"alliance.v1.Points", "grpc.health.v1.Health"} <= names
 
 
-def test_migrations_match_the_models(database_url: str) -> None:
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_each_services_migrations_match_its_models_and_go_both_ways(database_url: str, service: str) -> None:
+    schema = SERVICES[service].load().schema
     db = Database(database_url)
     try:
-        migrations.upgrade(db, POINTS_SCHEMA)
+        migrations.upgrade(db, schema)
         assert migrations.current_revision(db) is not None
-        # Fails when a model changed without a migration.
-        command.check(migrations.alembic_config(db, POINTS_SCHEMA))
-        command.downgrade(migrations.alembic_config(db, POINTS_SCHEMA), "base")
-        migrations.upgrade(db, POINTS_SCHEMA)
+        # Fails when a model changed without a migration, or a migration made what no model has.
+        migrations.check(db, schema)
+        command.downgrade(migrations.alembic_config(db, schema), "base")
+        migrations.upgrade(db, schema)
     finally:
         db.close()
 
@@ -50,3 +56,20 @@ async def test_unknown_method_is_unimplemented_not_internal(points: PointsUnderT
         raise AssertionError("expected an error")
     except grpc.aio.AioRpcError as error:
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_replicas_starting_together_migrate_once_in_turn(database_url: str) -> None:
+    """Two processes upgrading one fresh database at once (as replicas do at start): the second
+    waits for the first's migrations to commit, then finds nothing to do."""
+    command = [sys.executable, "-m", "services.cli", "db", "upgrade", "points", "--database-url", database_url]
+    upgrades = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    for upgrade in upgrades:
+        output = upgrade.communicate(timeout=90)[0].decode()
+        assert upgrade.returncode == 0, output
+    db = Database(database_url)
+    try:
+        migrations.check(db, SERVICES["points"].load().schema)
+    finally:
+        db.close()
