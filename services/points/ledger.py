@@ -279,6 +279,10 @@ def reverse(session: Session, cmd: ReverseCommand) -> api.ReverseResponse:
     account.balance += change
     account.updated_at = now
     session.add(account)
+    if original.operation == "redeem":
+        # A refund puts points back into the lots they came from; any that expired meanwhile are
+        # written off now, so the reply's balance is what GetBalance says.
+        _expire_due_for(session, account, now)
     response = api.ReverseResponse(transaction_id=txn_id, points=change, shortfall=shortfall, balance=account.balance)
     session.add(
         PointsTransaction(

@@ -308,3 +308,24 @@ async def test_nfc_and_nfd_spellings_of_an_id_are_one_account(points: PointsUnde
     await set_aum(benefits, nfd, "120000")
     seen = await benefits.GetEntitlements(benefits_api.GetEntitlementsRequest(customer_id=nfc))
     assert seen.customer_id == nfc and seen.aum == "120000.00"
+
+
+async def test_refund_into_lots_that_expired_meanwhile_replies_the_balance_get_balance_gives(
+    points: PointsUnderTest, user: str
+) -> None:
+    """A redemption refunded after the points it spent have expired: the points come back
+    expired, so the reply's balance (and the event's) must leave them out, as GetBalance does."""
+    write_campaign(points.rules_dir, "short-lived", SHORT_LIVED)
+    await points.reload_rules()
+    soon = datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=3)  # expires in 3 s
+    assert (await points.stub.Earn(earn_request(user, event_type="social.liked", product="", when=soon))).points == 5
+    redeemed = await points.stub.Redeem(redeem_request(user, 5))
+
+    async def lot_expired() -> bool:
+        return datetime.now(UTC) > soon + timedelta(days=1)
+
+    await eventually(lot_expired, timeout=10)
+    refund = await points.stub.Reverse(reverse_request(redeemed.transaction_id))
+    assert refund.points == 5
+    assert refund.balance == await get_balance(points, user) == 0
+    assert await points.host.db.run(lambda s: ledger.ledger_sum(s, user)) == 0
