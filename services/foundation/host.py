@@ -48,6 +48,10 @@ class ServiceHost:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._background_stop = asyncio.Event()
+        # The relay stops last, after the loops whose final units may still add events.
+        self._relay_stop = asyncio.Event()
+        self._relay_task: asyncio.Task[None] | None = None
+        self._bus_task: asyncio.Task[None] | None = None
         self.kit: Kit | None = None
         self.replica_id = replica_id()
 
@@ -84,6 +88,7 @@ class ServiceHost:
             start_http_server(s.metrics_port, addr=s.grpc_host)
 
         self._bus_task = asyncio.create_task(self._connect_bus(), name="bus-connect")
+        self._relay_task = asyncio.create_task(self.relay.run(self._relay_stop), name="outbox-relay")
         for name, loop in self._loops(declared):
             self._tasks.append(asyncio.create_task(loop(self._background_stop), name=name))
         # Start-up objects (modules, rules, schema) live for ever: frozen, no collection scans them,
@@ -105,8 +110,7 @@ class ServiceHost:
         return self.port
 
     def _loops(self, declared: Declared) -> list[tuple[str, Loop]]:
-        loops: list[tuple[str, Loop]] = [("outbox-relay", self.relay.run)]
-        loops += [(f"consumer {c.name}", c.run) for c in declared.consumers]
+        loops: list[tuple[str, Loop]] = [(f"consumer {c.name}", c.run) for c in declared.consumers]
         loops += [(f"broadcast {b.subject}", b.run) for b in declared.broadcasts]
         loops += [(f"job {j.name}", partial(j.run_forever, self.db, replica_id=self.replica_id)) for j in declared.jobs]
         loops += [(f"rules {d.name}", partial(_watch, d, interval)) for d, interval in declared.rule_directories]
@@ -139,19 +143,31 @@ class ServiceHost:
             subscription.close()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_seconds)
+        # Loops (consumers, jobs, rule watchers) finish their current item; a job waiting on the
+        # CPU pool is let go at once (another replica takes its occurrence over).
         self._background_stop.set()
-        self._bus_task.cancel()
+        if self.kit is not None:
+            self.kit.close_cpu()
+        if self._bus_task is not None:
+            self._bus_task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_seconds)
             for task in pending:
                 log.warning("background loop did not stop in time", extra={"task": task.get_name()})
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(self._bus_task, return_exceptions=True)
-        await self.bus.close()
+        # Then the relay drains what the calls and loops committed last.
+        self._relay_stop.set()
+        if self._relay_task is not None:
+            await asyncio.gather(self._relay_task, return_exceptions=True)
+        if self._bus_task is not None:
+            await asyncio.gather(self._bus_task, return_exceptions=True)
+        if hasattr(self, "bus"):
+            await self.bus.close()
         for close in declared.closers:
             close()
-        await asyncio.to_thread(self.db.close)
+        if hasattr(self, "db"):
+            await asyncio.to_thread(self.db.close)
         log.info("stopped")
 
     async def serve_until_stopped(self) -> None:

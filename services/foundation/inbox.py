@@ -27,6 +27,7 @@ from sqlmodel import Field, Session
 
 from services.foundation.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER, EventBus, stream_for
 from services.foundation.db import Database, UTCDateTime, utcnow
+from services.foundation.errors import InvalidArgument
 from services.foundation.schema import KitTable
 from services.foundation.stopping import sleep_or_stop, wait_or_stop
 
@@ -36,8 +37,9 @@ CONSUMED = Counter("alliance_events_consumed_total", "events applied", ["consume
 
 M = TypeVar("M", bound=Message)
 Unit = Callable[[Session], object]
-# The inbox and parked tables hold ids up to this length (a uuid4 hex is 32).
+# The inbox and parked tables hold ids and consumer names up to these lengths (a uuid4 hex is 32).
 MAX_EVENT_ID = 64
+MAX_CONSUMER_NAME = 64
 
 
 class InboxEntry(KitTable, table=True):
@@ -99,6 +101,8 @@ class EventConsumer(Generic[M]):
         self.name = name
         self.subject = subject
         self.stream = stream_for(subject)
+        if len(name) > MAX_CONSUMER_NAME:
+            raise ValueError(f"consumer name {name!r} is longer than {MAX_CONSUMER_NAME} characters")
         self.message_type = message_type
         self.handler = handler
         self.max_deliver = max_deliver
@@ -176,10 +180,10 @@ class EventConsumer(Generic[M]):
                 raise PermanentEventError(f"event_id is longer than {MAX_EVENT_ID} characters: {event_id!r}")
             unit = await self.handler(Delivery(event, event_id, msg.subject, deliveries))
             applied = await self.db.run(lambda s: self._apply_once(s, event_id, msg.subject, unit))
-            await msg.ack()
-            CONSUMED.labels(self.name, "applied" if applied else "duplicate").inc()
-        except PermanentEventError as error:
+        except (PermanentEventError, InvalidArgument) as error:
+            # A bad value in the event (validated like a request) never becomes good: park it.
             await self._park(msg, event_id, deliveries, str(error))
+            return
         except Exception as error:
             if deliveries >= self.max_deliver:
                 await self._park(msg, event_id, deliveries, f"failed {deliveries} times, last: {error!r}")
@@ -194,6 +198,13 @@ class EventConsumer(Generic[M]):
                     },
                 )
                 await msg.nak(delay=_backoff(deliveries))
+            return
+        CONSUMED.labels(self.name, "applied" if applied else "duplicate").inc()
+        try:
+            await msg.ack()
+        except Exception as error:
+            # Applied and committed: a redelivery finds the inbox row and is acknowledged then.
+            log.warning("ack failed", extra={"consumer": self.name, "event_id": event_id, "error": repr(error)})
 
     def _apply_once(self, session: Session, event_id: str, subject: str, unit: Unit | None) -> bool:
         if session.get(InboxEntry, (self.name, event_id)) is not None:

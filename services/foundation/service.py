@@ -161,8 +161,12 @@ class Kit:
             from services.foundation.cpu import CpuPool
 
             self._cpu = CpuPool()
-            self.declared.closers.append(self._cpu.close)
         return self._cpu
+
+    def close_cpu(self) -> None:
+        """The host's, on shutdown: work still in the pool is cancelled."""
+        if self._cpu is not None:
+            self._cpu.close()
 
     # -- rules -----------------------------------------------------------------------------------
 

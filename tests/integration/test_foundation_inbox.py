@@ -27,6 +27,7 @@ from sqlmodel import Session, col
 from alliance.v1 import referral_events_pb2
 from services.foundation.bus import EVENT_TYPE_HEADER, MSG_ID_HEADER, EventBus
 from services.foundation.db import Database
+from services.foundation.errors import InvalidArgument
 from services.foundation.inbox import (
     Delivery,
     EventConsumer,
@@ -321,8 +322,19 @@ async def test_an_event_with_no_id_at_all_is_parked(kit: Kit) -> None:
 
 
 @pytest.mark.parametrize("fail_in_unit", [False, True], ids=["in-handler", "in-unit"])
-async def test_a_permanent_error_parks_the_event_at_once(kit: Kit, fail_in_unit: bool) -> None:
-    handler = Recorder(lambda d: PermanentEventError(f"level {d.event.level} is impossible"), fail_in_unit=fail_in_unit)
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        lambda level: PermanentEventError(f"level {level} is impossible"),
+        # A value validated like a request's: the same refusal, without converting it by hand.
+        lambda level: InvalidArgument("level", f"{level} is impossible"),
+    ],
+    ids=["permanent", "invalid-argument"],
+)
+async def test_a_permanent_error_parks_the_event_at_once(
+    kit: Kit, fail_in_unit: bool, refusal: Callable[[int], Exception]
+) -> None:
+    handler = Recorder(lambda d: refusal(d.event.level), fail_in_unit=fail_in_unit)
     async with running(kit.consumer(handler, max_deliver=5)):
         await kit.publish(converted("ev-bad"), msg_id="msg-bad")
         parked = await eventually(kit.parked, timeout=DEADLINE)
@@ -331,7 +343,7 @@ async def test_a_permanent_error_parks_the_event_at_once(kit: Kit, fail_in_unit:
     assert handler.deliveries == [("ev-bad", 1)]  # not retried
     [row] = parked
     assert row.event_id == "ev-bad" and row.deliveries == 1
-    assert row.error == "level 1 is impossible"
+    assert row.error.endswith("1 is impossible")
     assert await kit.inbox() == [] and await kit.effects() == []
 
 

@@ -8,7 +8,7 @@ from alliance.v1 import customer_events_pb2
 from services.foundation import validation
 from services.foundation.db import after_commit, utcnow
 from services.foundation.errors import InvalidArgument
-from services.foundation.inbox import Delivery, Handler, PermanentEventError, Unit
+from services.foundation.inbox import Delivery, Handler, Unit
 from services.points import benefits_store
 from services.points.quote_cache import QuoteCache
 
@@ -21,15 +21,13 @@ def on_aum_changed(view: QuoteCache) -> Handler[customer_events_pb2.CustomerAumC
 
 
 def aum_report(event: customer_events_pb2.CustomerAumChanged, view: QuoteCache) -> Unit:
-    """The unit of work storing the report; quotes here see it once it commits."""
-    try:
-        customer_id = validation.required_text(event.customer_id, "customer_id")
-        aum = validation.amount(event.aum, "aum")
-        if aum is None:
-            raise InvalidArgument("aum", "is required")
-        as_of = validation.timestamp(event.as_of, "as_of", present=event.HasField("as_of"), now=utcnow())
-    except InvalidArgument as error:
-        raise PermanentEventError(str(error)) from error
+    """The unit of work storing the report; quotes here see it once it commits. A bad value
+    (InvalidArgument) parks the event."""
+    customer_id = validation.required_text(event.customer_id, "customer_id")
+    aum = validation.amount(event.aum, "aum")
+    if aum is None:
+        raise InvalidArgument("aum", "is required")
+    as_of = validation.timestamp(event.as_of, "as_of", present=event.HasField("as_of"), now=utcnow())
 
     def unit(session: Session) -> object:
         stored = benefits_store.set_aum(session, customer_id, aum, as_of)

@@ -11,8 +11,7 @@ from datetime import UTC
 from alliance.v1 import referral_events_pb2
 from services.foundation import validation
 from services.foundation.db import utcnow
-from services.foundation.errors import InvalidArgument
-from services.foundation.inbox import Delivery, Handler, PermanentEventError, Unit
+from services.foundation.inbox import Delivery, Handler, Unit
 from services.points import commands, ledger
 from services.points.campaigns.book import CampaignBook
 from services.points.commands import EarnCommand
@@ -22,25 +21,22 @@ EVENT_TYPE = "referral.converted"
 
 
 def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) -> EarnCommand:
-    try:
-        extra = commands.attributes(event.attributes)
-        return EarnCommand(
-            idempotency_key=f"{SUBJECT}:{event_id}",
-            user_id=validation.required_text(event.referrer_id, "referrer_id"),
-            event_type=EVENT_TYPE,
-            occurred_at=validation.timestamp(
-                event.occurred_at, "occurred_at", present=event.HasField("occurred_at"), now=utcnow(), future=False
-            ).astimezone(UTC),
-            amount=None,
-            attributes={
-                **extra,
-                "product": validation.required_text(event.product, "product"),
-                "level": str(event.level or 1),
-                "referred_id": event.referred_id,
-            },
-        )
-    except InvalidArgument as error:
-        raise PermanentEventError(str(error)) from error
+    extra = commands.attributes(event.attributes)
+    return EarnCommand(
+        idempotency_key=f"{SUBJECT}:{event_id}",
+        user_id=validation.required_text(event.referrer_id, "referrer_id"),
+        event_type=EVENT_TYPE,
+        occurred_at=validation.timestamp(
+            event.occurred_at, "occurred_at", present=event.HasField("occurred_at"), now=utcnow(), future=False
+        ).astimezone(UTC),
+        amount=None,
+        attributes={
+            **extra,
+            "product": validation.required_text(event.product, "product"),
+            "level": str(event.level or 1),
+            "referred_id": event.referred_id,
+        },
+    )
 
 
 def on_referral_converted(book: CampaignBook) -> Handler[referral_events_pb2.ReferralConverted]:
