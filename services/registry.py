@@ -1,8 +1,9 @@
 """The services of the suite and their ports: the one table that `alliance run`, `alliance serve`,
 the CLI's defaults, the deploy manifests (checked by tests/deploy) and the tests read.
 
-A service's module is imported only when it is used, so one service's heavy dependencies do not
-load in another's process.
+Each service's module is named, not imported, here: `alliance run` and the deploy check need no
+service code, and a service's process imports its own. (`alliance serve --help` imports them
+all, to list every service's settings.)
 """
 
 from __future__ import annotations

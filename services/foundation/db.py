@@ -144,6 +144,8 @@ class Database:
             workers = pool_size
         # Set by the host to wake its outbox relay; called after a commit that added events.
         self.events_committed: Callable[[], None] = _nothing
+        # Set by the host: the subjects the service publishes; the outbox refuses any other.
+        self.publishes: frozenset[str] | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
         self._read_engine, self._read_executor = self.engine, self._executor
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):

@@ -20,7 +20,8 @@ from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message, covariant=True)
 
-_SUBJECT = re.compile(r"^[a-z][a-z0-9_]*\.v[0-9]+\.[a-z][a-z0-9_]*$")
+# v1 only: a domain's stream holds `<domain>.v1.>`; a v2 contract will come with its stream change.
+_SUBJECT = re.compile(r"^[a-z][a-z0-9_]*\.v1\.[a-z][a-z0-9_]*$")
 
 
 def domain_of(subject: str) -> str:
@@ -34,7 +35,7 @@ class Event(Generic[M]):
 
     def __post_init__(self) -> None:
         if not _SUBJECT.match(self.subject):
-            raise ValueError(f"event subject {self.subject!r} must read <domain>.v<N>.<event>")
+            raise ValueError(f"event subject {self.subject!r} must read <domain>.v1.<event>")
 
     @property
     def domain(self) -> str:
@@ -59,10 +60,6 @@ class EventCatalog:
         for event in self.events:
             if event.domain != domain:
                 raise ValueError(f"{event.subject} is not an event of the {domain} domain")
-
-    @property
-    def stream(self) -> str:
-        return self.domain.upper()
 
     @property
     def subjects(self) -> list[str]:

@@ -63,6 +63,7 @@ class ServiceHost:
         self.bus = EventBus(s.nats_url, name=f"alliance-{self.name}")
         self.relay = OutboxRelay(self.db, self.bus)
         self.db.events_committed = self.relay.notify
+        self.db.publishes = frozenset(subject for c in self.service.publishes for subject in c.subjects)
         self.kit = kit = Kit(self.service, s, self.db, self.bus)
         await self.service.build(kit)
         declared = kit.declared

@@ -69,8 +69,15 @@ def _canonical(value: object) -> object:
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, frozenset | set):
-        return sorted(value, key=repr)
+        return sorted((_canonical_or_same(v) for v in value), key=repr)
     raise TypeError(f"{type(value).__name__} cannot be part of a command hash")
+
+
+def _canonical_or_same(value: object) -> object:
+    try:
+        return _canonical(value)
+    except TypeError:  # plain JSON values (str, int) are their own canonical form
+        return value
 
 
 def replay(

@@ -52,7 +52,8 @@ class InboxEntry(KitTable, table=True):
 
 
 class ParkedEvent(KitTable, table=True):
-    """Events that could not be applied; ops inspect and replay them (`alliance events parked`)."""
+    """Events that could not be applied, with the error: ops look them up in the service's
+    database (a CLI to list and replay them is still to come)."""
 
     __tablename__ = "parked_event"
 

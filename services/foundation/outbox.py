@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -71,6 +72,7 @@ def add_event(
     session: Session, event: Event[Message], message: Message, *, headers: dict[str, str] | None = None
 ) -> str:
     """Stage an event in the caller's transaction; returns its event id."""
+    _check_published(session, [event.subject])
     row = event_row(event, message, headers=headers)
     session.add(OutboxEvent.model_validate(row))
     _wake_relay_after_commit(session)
@@ -80,8 +82,19 @@ def add_event(
 def add_event_rows(session: Session, rows: list[dict[str, object]]) -> None:
     """Stage many `event_row`s with one bulk insert (the Earn batch's path)."""
     if rows:
+        _check_published(session, {str(row["subject"]) for row in rows})
         session.connection().execute(table_of(OutboxEvent).insert(), rows)
         _wake_relay_after_commit(session)
+
+
+def _check_published(session: Session, subjects: Iterable[str]) -> None:
+    # An event outside the service's catalogs would have no stream of its own (the relay would
+    # retry it for ever) or land in another service's: refuse it before it is written.
+    db = Database.of(session)
+    if db is not None and db.publishes is not None:
+        for subject in subjects:
+            if subject not in db.publishes:
+                raise ValueError(f"{subject} is not in the catalogs this service publishes")
 
 
 _WAKE_STAGED = "alliance.outbox.wake"

@@ -406,8 +406,9 @@ class ScheduledJob:
         return result
 
     async def _release(self, db: Database, ctx: JobContext, job: asyncio.Task[None]) -> RunResult:
-        """Shutdown: the job is cancelled and, once it has stopped, its lease released, so another
-        replica resumes now rather than after the lease lapses."""
+        """Shutdown: the job is cancelled and, once it has stopped, its lease released, so that a
+        replica that looks at the occurrence next (at the lease's end, or on start) takes it at
+        once instead of finding it held."""
         fields = {**self._fields(ctx.key, ctx.owner), "attempt": ctx.attempt}
         await asyncio.wait({job}, timeout=self.lease_seconds)
         if not job.done():

@@ -52,12 +52,17 @@ class ServiceSchema:
         self.base = base
         self.migrations = Path(migrations)
         self.metadata: MetaData = base.metadata
+        self._copied: set[str] = set()  # kit tables already copied in
 
     def complete_metadata(self) -> MetaData:
         """The service's tables plus the kit's: what its migrations must build, exactly."""
         for table in _kit_tables_loaded().tables.values():
-            if table.name not in self.metadata.tables:
+            mine = self.metadata.tables.get(table.name)
+            if mine is None:
                 table.to_metadata(self.metadata)
+            elif mine.metadata is self.metadata and table.name not in self._copied:
+                raise ValueError(f"{self.service}: table {table.name} is the kit's; name the service's own otherwise")
+            self._copied.add(table.name)
         return self.metadata
 
     @property

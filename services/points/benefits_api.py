@@ -68,10 +68,10 @@ NOT_BEATING_PUBLIC = Counter(
 
 
 class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
-    def __init__(self, db: Database, book: BenefitBook, view: QuoteCache) -> None:
+    def __init__(self, db: Database, book: BenefitBook, cache: QuoteCache) -> None:
         self.db = db
         self.book = book
-        self.view = view
+        self.cache = cache
 
     def _quote(self, inp: QuoteInput, state: CustomerState) -> Quote:
         try:
@@ -84,7 +84,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
     ) -> api.Quote:
         at = moment(request.at, request.HasField("at"), "at")
         inp = quote_input(request.customer_id, request.merchant_id, request.category, request.amount, at)
-        state = self.view.state_now(inp.customer_id) or await self.view.state(inp.customer_id)
+        state = self.cache.state_now(inp.customer_id) or await self.cache.state(inp.customer_id)
         quote = self._quote(inp, state)
         if not quote.beats_public:
             NOT_BEATING_PUBLIC.labels(inp.merchant_id).inc()
@@ -107,8 +107,8 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
         def unit(session: Session) -> api.ClaimBenefitResponse:
             response = benefits_store.claim(session, cmd, self.book)
             # Also on a replay: the first attempt may have committed for a caller that went away.
-            after_commit(session, lambda: self.view.forget_customer(cmd.quote.customer_id))
-            after_commit(session, self.view.forget_budgets)
+            after_commit(session, lambda: self.cache.forget_customer(cmd.quote.customer_id))
+            after_commit(session, self.cache.forget_budgets)
             return response
 
         return await self.db.run(unit)
@@ -118,7 +118,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
     ) -> api.Entitlements:
         customer_id = validation.required_text(request.customer_id, "customer_id")
         at = moment(request.at, request.HasField("at"), "at")
-        state = await self.view.state(customer_id)
+        state = await self.cache.state(customer_id)
         found = self.book.entitlements(customer_id, state.aum, at, state.usage)
         return api.Entitlements(
             customer_id=customer_id,
@@ -153,7 +153,7 @@ class BenefitsServicer(benefits_pb2_grpc.BenefitsServicer):
 
         def unit(session: Session) -> api.CustomerAum:
             stored = benefits_store.set_aum(session, customer_id, aum, as_of)
-            after_commit(session, lambda: self.view.forget_customer(customer_id))
+            after_commit(session, lambda: self.cache.forget_customer(customer_id))
             return stored
 
         return await self.db.run(unit)

@@ -2,7 +2,7 @@
 offers' budgets). Its invariants follow; tests/integration/test_quote_cache.py checks each.
 
 QuoteDiscount is the hot read of the alliance (every payment at a partner merchant asks it) and
-writes nothing, so it must not queue behind ledger writes for rows that rarely change. This view
+writes nothing, so it must not queue behind ledger writes for rows that rarely change. This cache
 answers from memory:
 
 - when every customer on file fits in `max_customers`, all of them are held (`sync`, at start and
@@ -22,7 +22,7 @@ answers from memory:
   transactions that committed late and for clocks that differ between replicas; as a last resort
   an entry older than SAFETY_AGE is reloaded before its quote (while all customers are held, the
   periodic `sync` is that resort). Serving memory is safe because a quote only advises:
-  ClaimBenefit decides on the rows it locks, never on this view.
+  ClaimBenefit decides on the rows it locks, never on this cache.
 
 A load that raced a write (it may have read the rows before the write committed) is used by the
 quotes that were waiting for it but is not kept.

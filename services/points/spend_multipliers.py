@@ -27,9 +27,9 @@ SPEND_EVENT = "merchant.spend"
 
 
 class SpendMultipliers:
-    def __init__(self, book: BenefitBook, view: QuoteCache) -> None:
+    def __init__(self, book: BenefitBook, cache: QuoteCache) -> None:
         self.book = book
-        self.view = view
+        self.cache = cache
 
     async def apply(self, cmd: EarnCommand, candidates: Sequence[Candidate]) -> list[Candidate]:
         if not candidates or cmd.event_type != SPEND_EVENT:
@@ -38,7 +38,7 @@ class SpendMultipliers:
         category = cmd.attributes.get("merchant_category") or None
         if not self.book.multiplier_possible(merchant_id, category, cmd.occurred_at):
             return list(candidates)  # most purchases: no lookup of the customer at all
-        state = await self.view.state(cmd.user_id)
+        state = await self.cache.state(cmd.user_id)
         purchase = QuoteInput(cmd.user_id, merchant_id, category, cmd.amount or Decimal(0), cmd.occurred_at, state.aum)
         found = self.book.points_multiplier(purchase)
         if found is None:

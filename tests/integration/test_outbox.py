@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import nats
+import pytest
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
@@ -99,3 +100,16 @@ def test_an_event_is_refused_with_a_message_of_another_type() -> None:
             assert "test.v1.happened carries google.protobuf.Empty" in str(error)
         else:
             raise AssertionError("expected a TypeError")
+
+
+async def test_an_event_outside_the_services_catalogs_is_refused_before_it_is_written(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'outbox.db'}")
+    OutboxEvent.__table__.create(db.engine)  # type: ignore[attr-defined]
+    db.publishes = frozenset({"other.v1.happened"})
+    try:
+        with pytest.raises(ValueError, match=r"test\.v1\.happened is not in the catalogs this service publishes"):
+            await db.run(lambda s: add_event(s, HAPPENED, Empty()))
+        count = select(func.count()).select_from(OutboxEvent)
+        assert await db.run(lambda s: s.execute(count).scalar_one()) == 0
+    finally:
+        db.close()

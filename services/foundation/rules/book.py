@@ -92,6 +92,7 @@ class RuleBook(Generic[D, E]):
         matcher: Matcher | None = None,
         include: Callable[[D], bool] = lambda _: True,
         report_duplicates: bool = True,
+        kind: str = "campaign",
     ) -> None:
         self.name = name  # the ruleset label of metrics and logs
         self.matcher = matcher or Matcher()
@@ -99,6 +100,7 @@ class RuleBook(Generic[D, E]):
         self._entry = entry
         self._include = include
         self._report_duplicates = report_duplicates
+        self._kind = kind  # what a document is called in messages: "campaign", "referral policy"
         self.snapshot: Snapshot[E] = Snapshot()
         self._rejected: dict[str, RuleFileError] = {}
         self._replacing = threading.Lock()
@@ -113,7 +115,7 @@ class RuleBook(Generic[D, E]):
         snapshot before the old rules leave the engine (for what a book derives from it)."""
         with self._replacing:
             old = self.snapshot
-            duplicates = duplicate_ids(documents)
+            duplicates = duplicate_ids(documents, self._kind)
             entries: dict[str, E] = {}
             created: list[CompiledRuleset] = []
             rejected: dict[str, RuleFileError] = dict(duplicates) if self._report_duplicates else {}

@@ -13,14 +13,14 @@ from services.points import benefits_store
 from services.points.quote_cache import QuoteCache
 
 
-def on_aum_changed(view: QuoteCache) -> Handler[customer_events_pb2.CustomerAumChanged]:
+def on_aum_changed(cache: QuoteCache) -> Handler[customer_events_pb2.CustomerAumChanged]:
     async def handle(delivery: Delivery[customer_events_pb2.CustomerAumChanged]) -> Unit:
-        return aum_report(delivery.event, view)
+        return aum_report(delivery.event, cache)
 
     return handle
 
 
-def aum_report(event: customer_events_pb2.CustomerAumChanged, view: QuoteCache) -> Unit:
+def aum_report(event: customer_events_pb2.CustomerAumChanged, cache: QuoteCache) -> Unit:
     """The unit of work storing the report; quotes here see it once it commits. A bad value
     (InvalidArgument) parks the event."""
     customer_id = validation.required_text(event.customer_id, "customer_id")
@@ -31,7 +31,7 @@ def aum_report(event: customer_events_pb2.CustomerAumChanged, view: QuoteCache) 
 
     def unit(session: Session) -> object:
         stored = benefits_store.set_aum(session, customer_id, aum, as_of)
-        after_commit(session, lambda: view.forget_customer(customer_id))
+        after_commit(session, lambda: cache.forget_customer(customer_id))
         return stored
 
     return unit

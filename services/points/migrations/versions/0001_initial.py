@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from services.foundation.db import UTCDateTime
-from services.foundation.messaging_schema import create_messaging_tables, drop_messaging_tables
+from services.foundation.kit_schema import create_messaging_tables, drop_messaging_tables
 
 revision: str = "0001"
 down_revision: str | None = None

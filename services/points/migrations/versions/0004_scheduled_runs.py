@@ -6,7 +6,7 @@ Revises: 0003
 
 from collections.abc import Sequence
 
-from services.foundation.messaging_schema import create_scheduled_tables, drop_scheduled_tables
+from services.foundation.kit_schema import create_scheduled_tables, drop_scheduled_tables
 
 revision: str = "0004"
 down_revision: str | None = "0003"

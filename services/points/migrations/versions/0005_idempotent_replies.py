@@ -7,7 +7,7 @@ Revises: 0004
 
 from collections.abc import Sequence
 
-from services.foundation.messaging_schema import create_idempotency_tables, drop_idempotency_tables
+from services.foundation.kit_schema import create_idempotency_tables, drop_idempotency_tables
 
 revision: str = "0005"
 down_revision: str | None = "0004"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from services.foundation.messaging_schema import create_kit_tables, drop_kit_tables
+from services.foundation.kit_schema import create_kit_tables_v1, drop_kit_tables_v1
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    create_kit_tables()
+    create_kit_tables_v1()
     op.create_table(
         "note",
         sa.Column("text", sa.String(200), primary_key=True),
@@ -36,4 +36,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("tidy_step")
     op.drop_table("note")
-    drop_kit_tables()
+    drop_kit_tables_v1()

@@ -1,7 +1,11 @@
-"""Migration steps for the tables every service carries: outbox, inbox, parked events, scheduled runs.
+"""Migration steps for the tables the kit puts in every service's database: outbox, inbox, parked
+events, scheduled runs, idempotent replies.
 
 Written out (not derived from the models) so an old migration never changes under a deployed
-database; each service's first migration calls `create_messaging_tables()`.
+database: a new service's first migration calls `create_kit_tables_v1()`, which never changes.
+A table the kit adds later gets a create function of its own, which every service calls in a
+new migration (and new services after create_kit_tables_v1). The migration check of each
+service (tests/integration/test_service_host.py) fails until they do.
 """
 
 from __future__ import annotations
@@ -12,15 +16,14 @@ from alembic import op
 from services.foundation.db import UTCDateTime
 
 
-def create_kit_tables() -> None:
-    """Every table the kit puts in a service's database: a new service's first migration calls
-    this (later kit tables come with a migration of their own in each service)."""
+def create_kit_tables_v1() -> None:
+    """The kit's tables as of December 2026."""
     create_messaging_tables()
     create_scheduled_tables()
     create_idempotency_tables()
 
 
-def drop_kit_tables() -> None:
+def drop_kit_tables_v1() -> None:
     drop_idempotency_tables()
     drop_scheduled_tables()
     drop_messaging_tables()
