@@ -8,7 +8,8 @@ import asyncio
 import textwrap
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,8 +19,11 @@ import grpc
 import nats
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DeliverPolicy
+from sqlalchemy import MetaData
 
 from alliance.v1 import benefits_pb2, benefits_pb2_grpc, points_pb2, points_pb2_grpc
+from services.foundation.bus import EventBus
+from services.foundation.db import Database
 from services.foundation.host import ServiceHost
 from services.points.settings import PointsSettings
 
@@ -38,6 +42,30 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 15.0
         await asyncio.sleep(every)
         result = await probe()
     return result
+
+
+# -- the kit's parts on their own --------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def connected_bus(url: str, name: str = "test") -> AsyncIterator[EventBus]:
+    bus = EventBus(url, name=name)
+    await asyncio.wait_for(bus.connect(), 10)
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+@contextmanager
+def database_with(url: str, metadata: MetaData) -> Iterator[Database]:
+    """A Database with `metadata`'s tables created, closed afterwards."""
+    database = Database(url)
+    metadata.create_all(database.engine)
+    try:
+        yield database
+    finally:
+        database.close()
 
 
 # -- points requests ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from services.foundation.broadcast import SHUTTING_DOWN, Broadcast, Listener, ListenerDropped
 from services.foundation.bus import EventBus
 from services.foundation.nats_server import EmbeddedNats
-from tests.support import eventually
+from tests.support import connected_bus, eventually
 
 EVENT_TYPE = StringValue.DESCRIPTOR.full_name
 
@@ -37,19 +37,9 @@ def domain_of(subject: str) -> str:
 
 
 @asynccontextmanager
-async def connected_bus(url: str) -> AsyncIterator[EventBus]:
-    bus = EventBus(url, name="broadcast-test")
-    await asyncio.wait_for(bus.connect(), 10)
-    try:
-        yield bus
-    finally:
-        await bus.close()
-
-
-@asynccontextmanager
 async def replica(url: str, subject: str, **options: Any) -> AsyncIterator[Broadcast[StringValue]]:
     """One replica's broadcast: its own connection, subscribed before the block starts."""
-    async with connected_bus(url) as bus:
+    async with connected_bus(url, "broadcast-test") as bus:
         broadcast = Broadcast(bus, subject, StringValue, **options)
         stop = asyncio.Event()
         task = asyncio.create_task(broadcast.run(stop))
@@ -82,7 +72,7 @@ async def take(listener: Listener[StringValue], count: int, *, timeout: float = 
 
 
 async def test_every_replica_sees_every_event(nats_server: EmbeddedNats, subject: str) -> None:
-    async with connected_bus(nats_server.url) as producer:
+    async with connected_bus(nats_server.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         async with (
             replica(nats_server.url, subject) as first,
@@ -97,7 +87,7 @@ async def test_every_replica_sees_every_event(nats_server: EmbeddedNats, subject
 
 
 async def test_listeners_get_only_events_published_after_they_joined(nats_server: EmbeddedNats, subject: str) -> None:
-    async with connected_bus(nats_server.url) as producer:
+    async with connected_bus(nats_server.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         await publish(producer, subject, "history-1", "history-2")  # in the stream before anyone listens
         async with replica(nats_server.url, subject) as broadcast, broadcast.listen() as early:
@@ -111,7 +101,7 @@ async def test_listeners_get_only_events_published_after_they_joined(nats_server
 
 
 async def test_undecodable_and_foreign_events_are_skipped(nats_server: EmbeddedNats, subject: str) -> None:
-    async with connected_bus(nats_server.url) as producer:
+    async with connected_bus(nats_server.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         async with replica(nats_server.url, subject) as broadcast, broadcast.listen() as listener:
             await producer.publish(subject, b"\xff\xff\xff", event_id=uuid.uuid4().hex, event_type=EVENT_TYPE)
@@ -123,7 +113,7 @@ async def test_undecodable_and_foreign_events_are_skipped(nats_server: EmbeddedN
 
 
 async def test_close_ends_listeners_promptly(nats_server: EmbeddedNats, subject: str) -> None:
-    async with connected_bus(nats_server.url) as producer:
+    async with connected_bus(nats_server.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         async with replica(nats_server.url, subject) as broadcast, broadcast.listen() as listener:
             reading = asyncio.create_task(take(listener, 100))
@@ -140,7 +130,7 @@ async def test_close_ends_listeners_promptly(nats_server: EmbeddedNats, subject:
 
 
 async def test_a_full_listener_is_dropped_not_the_others(nats_server: EmbeddedNats, subject: str) -> None:
-    async with connected_bus(nats_server.url) as producer:
+    async with connected_bus(nats_server.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         async with (
             replica(nats_server.url, subject, max_pending=3) as broadcast,
@@ -171,7 +161,7 @@ async def test_stream_helper_aborts_a_client_that_fell_behind(nats_server: Embed
             self.code = code
             raise Aborted(details)
 
-    async with connected_bus(nats_server.url) as producer:
+    async with connected_bus(nats_server.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         async with replica(nats_server.url, subject, max_pending=2) as broadcast:
             context = Context()
@@ -189,7 +179,7 @@ async def test_stream_helper_aborts_a_client_that_fell_behind(nats_server: Embed
 
 
 async def test_shutdown_ends_an_open_server_stream_with_unavailable(nats_server: EmbeddedNats, subject: str) -> None:
-    async with connected_bus(nats_server.url) as producer:
+    async with connected_bus(nats_server.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         async with replica(nats_server.url, subject) as broadcast:
 
@@ -234,7 +224,7 @@ async def test_reconnect_resumes_without_gaps_or_history(scratch_nats: EmbeddedN
     A core NATS subscription would lose "during-1/2"; nats.py's ordered consumer alone would, in
     this very scenario (reset before its first message), replay "history-*" from sequence 1."""
     await asyncio.to_thread(scratch_nats.start)
-    async with connected_bus(scratch_nats.url) as producer:
+    async with connected_bus(scratch_nats.url, "broadcast-test") as producer:
         await producer.ensure_stream(domain_of(subject))
         await publish(producer, subject, "history-1", "history-2", "history-3")
     async with (
@@ -243,7 +233,7 @@ async def test_reconnect_resumes_without_gaps_or_history(scratch_nats: EmbeddedN
     ):
         await asyncio.to_thread(scratch_nats.stop)
         await asyncio.to_thread(scratch_nats.start)
-        async with connected_bus(scratch_nats.url) as producer:
+        async with connected_bus(scratch_nats.url, "broadcast-test") as producer:
             for value in ("during-1", "during-2"):
                 # JetStream may still be loading the stream right after a restart: retry the same
                 # event id (the stream keeps it once).

@@ -23,7 +23,7 @@ from services.foundation.db import Database, UTCDateTime, after_commit
 from services.foundation.events import Event
 from services.foundation.outbox import OutboxEvent, add_event, add_event_rows, event_row
 from services.foundation.schema import table_of
-from tests.support import eventually
+from tests.support import database_with, eventually
 
 DEADLINE = 10.0
 
@@ -41,12 +41,8 @@ HAPPENED = Event("kittest.v1.happened", Empty)
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    metadata.create_all(database.engine)
-    try:
+    with database_with(database_url, metadata) as database:
         yield database
-    finally:
-        database.close()
 
 
 class Boom(Exception):

@@ -38,7 +38,7 @@ from services.foundation.inbox import (
 )
 from services.foundation.nats_server import EmbeddedNats
 from services.foundation.schema import KitTable
-from tests.support import eventually
+from tests.support import connected_bus, eventually
 
 Converted = referral_events_pb2.ReferralConverted
 EVENT_TYPE = Converted.DESCRIPTOR.full_name
@@ -54,16 +54,6 @@ effect = Table(
     Column("referrer_id", String(64), nullable=False),
     Column("delivery", Integer, nullable=False),
 )
-
-
-@asynccontextmanager
-async def connected_bus(url: str) -> AsyncIterator[EventBus]:
-    bus = EventBus(url, name="kit-inbox-test")
-    await asyncio.wait_for(bus.connect(), 10)
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 @dataclass
@@ -145,7 +135,7 @@ async def kit(database_url: str, nats_server: EmbeddedNats) -> AsyncIterator[Kit
     KitTable.metadata.create_all(db.engine)
     metadata.create_all(db.engine)
     try:
-        async with connected_bus(nats_server.url) as bus:
+        async with connected_bus(nats_server.url, "kit-inbox-test") as bus:
             await bus.ensure_stream("kittest")
             yield Kit(db, bus, nats_server.url)
     finally:
@@ -241,7 +231,7 @@ async def test_a_redelivery_racing_the_first_delivery_on_another_replica_is_appl
     replica_a, replica_b = Slow(), Recorder()
     db_b = Database(str(kit.db.url.render_as_string(hide_password=False)))
     try:
-        async with connected_bus(kit.url) as bus_b:
+        async with connected_bus(kit.url, "kit-inbox-test") as bus_b:
             a = kit.consumer(replica_a, ack_wait_seconds=1.0)
             async with running(a):
                 await kit.publish(converted("ev-race"), msg_id="msg-race")

@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from services.foundation.db import Database
 from services.foundation.upsert import insert_ignoring_conflicts, insert_or_replace
+from tests.support import database_with
 
 metadata = MetaData()
 entry = Table(
@@ -28,12 +29,8 @@ Row = tuple[str, str, int, int]
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    metadata.create_all(database.engine)
-    try:
+    with database_with(database_url, metadata) as database:
         yield database
-    finally:
-        database.close()
 
 
 def rows(session: Session) -> list[Row]:
