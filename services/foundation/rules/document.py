@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path as FilePath
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -35,6 +39,33 @@ _TYPE_WORDS = {
 
 def content_version(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()[:12]
+
+
+SCHEMA_DIR_ENV = "ALLIANCE_SCHEMA_DIR"
+
+
+def rule_schema_path(name: str) -> FilePath:
+    """A rule file kind's JSON Schema: $ALLIANCE_SCHEMA_DIR/<name> if set (installed images), else
+    the repository's rules/schema/<name> found above this package."""
+    configured = os.environ.get(SCHEMA_DIR_ENV)
+    if configured:
+        return FilePath(configured) / name
+    for parent in FilePath(__file__).resolve().parents:
+        candidate = parent / "rules" / "schema" / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{name} not found above {FilePath(__file__).parent}; set {SCHEMA_DIR_ENV}")
+
+
+def rule_schema(name: str) -> dict[str, Any]:
+    return _read_schema(str(rule_schema_path(name)))
+
+
+@lru_cache(maxsize=8)
+def _read_schema(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        schema: dict[str, Any] = json.load(handle)
+    return schema
 
 
 def load_document(file: str, content: bytes, schema: Mapping[str, Any]) -> tuple[Any, LineIndex, str]:

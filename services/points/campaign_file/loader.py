@@ -3,19 +3,16 @@ problem located at its line."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.foundation.rules.book import duplicate_ids
 from services.foundation.rules.conditions import NUMERIC_OPERATORS, ConditionError, compile_condition
-from services.foundation.rules.document import load_document
+from services.foundation.rules.document import load_document, rule_schema, rule_schema_path
 from services.foundation.rules.errors import Path as DataPath
 from services.foundation.rules.errors import RuleFileError, format_path
 from services.foundation.rules.located_yaml import LineIndex
@@ -33,31 +30,14 @@ from services.points.campaign_file.model import (
 )
 
 SCHEMA_FILE = "campaign.schema.json"
-SCHEMA_DIR_ENV = "ALLIANCE_SCHEMA_DIR"
 
 
 def schema_path() -> Path:
-    """The campaign JSON Schema: $ALLIANCE_SCHEMA_DIR if set (installed images), else the
-    repository's rules/schema/ found above this package."""
-    configured = os.environ.get(SCHEMA_DIR_ENV)
-    if configured:
-        return Path(configured) / SCHEMA_FILE
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "rules" / "schema" / SCHEMA_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{SCHEMA_FILE} not found above {Path(__file__).parent}; set {SCHEMA_DIR_ENV}")
+    return rule_schema_path(SCHEMA_FILE)
 
 
 def campaign_schema() -> dict[str, Any]:
-    return _read_schema(str(schema_path()))
-
-
-@lru_cache(maxsize=4)
-def _read_schema(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        schema: dict[str, Any] = json.load(handle)
-    return schema
+    return rule_schema(SCHEMA_FILE)
 
 
 def load_campaign(file: str, content: bytes) -> Campaign:
