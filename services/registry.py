@@ -40,5 +40,6 @@ SERVICES: dict[str, Registered] = {
     r.name: r
     for r in [
         Registered("points", grpc_port=50051, metrics_port=9464, module="services.points.service"),
+        Registered("referral", grpc_port=50052, metrics_port=9465, module="services.referral.service"),
     ]
 }

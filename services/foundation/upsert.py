@@ -28,3 +28,12 @@ def _dialect_insert(connection: Connection, table: Table) -> postgresql.Insert |
     if connection.dialect.name == "sqlite":
         return sqlite.insert(table)
     raise NotImplementedError(f"no upsert for {connection.dialect.name}")
+
+
+def insert_or_add(connection: Connection, table: Table, key: list[str], columns: list[str]) -> Insert:
+    """An insert of `table` that adds `columns` to those of a row whose `key` already exists
+    (counters: one statement, no read, safe under concurrent writers)."""
+    statement = _dialect_insert(connection, table)
+    return statement.on_conflict_do_update(
+        index_elements=key, set_={name: table.c[name] + getattr(statement.excluded, name) for name in columns}
+    )

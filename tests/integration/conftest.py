@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
 import pytest
 
-from alliance.v1 import benefits_pb2_grpc, points_pb2_grpc
+from alliance.v1 import benefits_pb2_grpc, points_pb2_grpc, referral_pb2, referral_pb2_grpc
 from services.foundation.host import ServiceHost
 from services.foundation.nats_server import EmbeddedNats
 from services.points.service import SERVICE as POINTS
-from tests.support import CINEMA, TEST_CAMPAIGN, PointsUnderTest, points_settings, write_campaign
+from services.referral.service import SERVICE as REFERRAL
+from services.referral.settings import ReferralSettings
+from tests.conftest import drop_postgres_database, fresh_postgres_database
+from tests.support import CINEMA, TEST_CAMPAIGN, PointsUnderTest, eventually, points_settings, write_campaign
 
 
 @pytest.fixture
@@ -68,3 +73,96 @@ async def benefits(points: PointsUnderTest) -> benefits_pb2_grpc.BenefitsStub:
     write_campaign(points.rules_dir, "test-cinema", CINEMA)
     await points.reload_rules()
     return benefits_pb2_grpc.BenefitsStub(points.channel)
+
+
+# -- the referral service -------------------------------------------------------------------------
+
+REFERRAL_POLICY = """\
+policy: test-referral
+title: Referral policy for tests
+velocity:
+  - {rule: referrer-burst, per: referrer, max: 5, within: 1h}
+  - {rule: shared-device, per: device, max: 2, within: 30d}
+  - {rule: shared-phone, per: phone, max: 1, within: 365d, action: refuse}
+campaigns:
+  - {id: spring-push, from: 2020-01-01}
+"""
+
+
+@dataclass
+class ReferralUnderTest:
+    host: ServiceHost
+    stub: referral_pb2_grpc.ReferralServiceStub
+    channel: grpc.aio.Channel
+    rules_dir: Path
+    settings: ReferralSettings
+
+    async def code(self, user_id: str, kind: int = referral_pb2.USER_KIND_CUSTOMER) -> str:
+        reply = await self.stub.IssueCode(referral_pb2.IssueCodeRequest(user_id=user_id, kind=kind))
+        return reply.code
+
+    async def register(self, user_id: str, code: str, **fields: Any) -> referral_pb2.RegisterResponse:
+        return await self.stub.Register(referral_pb2.RegisterRequest(user_id=user_id, code=code, **fields))
+
+    async def refer(self, referrer: str, user_id: str) -> referral_pb2.RegisterResponse:
+        return await self.register(user_id, await self.code(referrer))
+
+    async def reload_rules(self) -> None:
+        assert self.host.kit is not None
+        directories = [directory for directory, _ in self.host.kit.declared.rule_directories]
+
+        async def read() -> bool:
+            return all(directory.up_to_date() for directory in directories)
+
+        await eventually(read, timeout=10)
+
+
+@pytest.fixture
+def referral_rules(tmp_path: Path) -> Path:
+    rules = tmp_path / "referral-rules"
+    (rules / "referral").mkdir(parents=True)
+    (rules / "referral" / "policy.yaml").write_text(REFERRAL_POLICY)
+    return rules
+
+
+async def start_referral(database_url: str, nats_url: str, rules: Path, **overrides: Any) -> ReferralUnderTest:
+    values: dict[str, Any] = dict(
+        grpc_port=0,
+        metrics_port=0,
+        database_url=database_url,
+        nats_url=nats_url,
+        rules_dir=rules,
+        rules_poll_seconds=0.1,
+        shutdown_grace_seconds=2,
+        log_level="WARNING",
+    )
+    settings = ReferralSettings(**(values | overrides))
+    host = ServiceHost(REFERRAL, settings)
+    port = await host.start()
+    await asyncio.wait_for(host.bus.ready.wait(), 10)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return ReferralUnderTest(host, referral_pb2_grpc.ReferralServiceStub(channel), channel, rules, settings)
+
+
+@pytest.fixture
+async def referral(
+    database_url: str, nats_server: EmbeddedNats, referral_rules: Path
+) -> AsyncIterator[ReferralUnderTest]:
+    service = await start_referral(database_url, nats_server.url, referral_rules)
+    try:
+        yield service
+    finally:
+        await service.channel.close()
+        await service.host.stop()
+
+
+@pytest.fixture
+def other_database_url(database_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A second database of the same kind: two services never share one."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'other.db'}"
+        return
+    admin = request.getfixturevalue("postgres_admin")
+    name, url = fresh_postgres_database(admin)
+    yield url
+    drop_postgres_database(admin, name)

@@ -1,0 +1,264 @@
+"""Conversions: a referred user's completed business, rewarded up the chain, held while the
+user's link is under review, revoked when it is rejected.
+
+A conversion is recorded once per business reference (the API and the business.v1.completed
+consumer share this). Rewarded levels: the direct referrer (level 1) and, when the policy says
+so, the partners above it, as long as each link on the way is active: a flagged link stops the
+climb: a partner whose own link is under review earns for its referrals but passes nothing up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from alliance.v1 import referral_events_pb2
+from services.foundation.db import utcnow
+from services.foundation.errors import AlreadyExists
+from services.foundation.idempotency import command_hash
+from services.foundation.ids import new_id, ts_fields
+from services.foundation.outbox import add_event
+from services.referral import leaderboard
+from services.referral.events import CONVERSION_REVOKED, CONVERTED
+from services.referral.models import Conversion, ConversionReward, ConversionState, LinkState, Partner
+from services.referral.policy import Policy
+from services.referral.tree import add_up_chain, lock_links, path_rows
+
+
+@dataclass(frozen=True)
+class ConversionCommand:
+    business_ref: str
+    user_id: str
+    product: str
+    occurred_at: datetime
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def request_hash(self) -> str:
+        return command_hash("conversion", {**self.__dict__, "attributes": dict(self.attributes)})
+
+
+@dataclass(frozen=True)
+class Recorded:
+    conversion: Conversion
+    rewards: list[ConversionReward]
+    replayed: bool
+
+
+def record(session: Session, cmd: ConversionCommand, policy: Policy, *, source: str) -> Recorded:
+    existing = session.exec(select(Conversion).where(Conversion.business_ref == cmd.business_ref)).first()
+    if existing is not None:
+        if existing.request_hash != cmd.request_hash:
+            raise AlreadyExists(
+                f"business_ref: {cmd.business_ref} was already recorded for a different conversion ({existing.id})"
+            )
+        return Recorded(existing, rewards_of(session, existing.id), replayed=True)
+    lock_links(session)
+    partner = session.exec(select(Partner).where(Partner.user_id == cmd.user_id)).first()
+    if partner is None or partner.link_state in (LinkState.NONE, LinkState.REJECTED):
+        state = ConversionState.UNATTRIBUTED
+    elif partner.link_state == LinkState.REVIEW:
+        state = ConversionState.HELD
+    else:
+        state = ConversionState.REWARDED
+    conversion = Conversion(
+        id=new_id(),
+        business_ref=cmd.business_ref,
+        request_hash=cmd.request_hash,
+        user_id=cmd.user_id,
+        product=cmd.product,
+        state=state,
+        source=source,
+        attributes=json.dumps(dict(cmd.attributes), sort_keys=True, ensure_ascii=False),
+        occurred_at=cmd.occurred_at,
+    )
+    session.add(conversion)
+    session.flush()
+    if partner is not None:
+        add_up_chain(session, partner.id, product=cmd.product)
+    rewards = reward(session, conversion, partner, policy) if state == ConversionState.REWARDED else []
+    return Recorded(conversion, rewards, replayed=False)
+
+
+def reward(session: Session, conversion: Conversion, partner: Partner | None, policy: Policy) -> list[ConversionReward]:
+    """Publish referral.v1.converted for each rewarded level and count it on the leaderboards."""
+    assert partner is not None
+    rewards: list[ConversionReward] = []
+    attributes = json.loads(conversion.attributes)
+    for row in path_rows(session, partner.id, limit=policy.levels):
+        level = int(row["level"])
+        event_id = add_event(
+            session,
+            CONVERTED,
+            referral_events_pb2.ReferralConverted(
+                referrer_id=row["user_id"],
+                referred_id=conversion.user_id,
+                product=conversion.product,
+                level=level,
+                occurred_at=ts_fields(conversion.occurred_at),
+                attributes=attributes,
+                conversion_id=conversion.id,
+            ),
+        )
+        rewards.append(
+            ConversionReward(conversion_id=conversion.id, level=level, referrer_id=row["user_id"], event_id=event_id)
+        )
+        if level == 1:
+            leaderboard.count(
+                session,
+                user_id=row["user_id"],
+                kind=row["kind"],
+                when=conversion.occurred_at,
+                tz=policy.timezone,
+                campaigns=policy.campaigns_at(conversion.occurred_at),
+                delta=1,
+            )
+        if row["link_state"] != LinkState.ACTIVE:  # a flagged partner passes nothing further up
+            break
+    session.add_all(rewards)
+    conversion.state = ConversionState.REWARDED
+    conversion.updated_at = utcnow()
+    session.add(conversion)
+    session.flush()
+    return rewards
+
+
+def release_held(session: Session, partner: Partner, policy: Policy) -> int:
+    """The link was approved: reward its held conversions."""
+    held = session.exec(
+        select(Conversion).where(Conversion.user_id == partner.user_id, Conversion.state == ConversionState.HELD)
+    ).all()
+    for conversion in held:
+        reward(session, conversion, partner, policy)
+    return len(held)
+
+
+def revoke_through(session: Session, partner: Partner, policy: Policy, reason: str) -> int:
+    """The link above `partner` was rejected: revoke every reward paid through it (the partner's
+    own conversions at every level; a partner d levels below it, the levels above d), publishing
+    referral.v1.conversion_revoked for each conversion. Held conversions are dropped. Returns the
+    number of conversions whose rewards were revoked."""
+    now = utcnow()
+    for held in session.exec(
+        select(Conversion).where(Conversion.user_id == partner.user_id, Conversion.state == ConversionState.HELD)
+    ).all():
+        held.state, held.updated_at = ConversionState.REVOKED, now
+        session.add(held)
+    revoked = 0
+    for user_id, distance in _within(session, partner, policy.levels - 1):
+        for conversion in session.exec(
+            select(Conversion).where(Conversion.user_id == user_id, Conversion.state == ConversionState.REWARDED)
+        ).all():
+            taken = [r for r in rewards_of(session, conversion.id) if r.level > distance and not r.revoked]
+            if not taken:
+                continue
+            revoked += 1
+            _revoke(session, conversion, taken, policy, reason, whole=distance == 0)
+    session.flush()
+    return revoked
+
+
+def _revoke(
+    session: Session,
+    conversion: Conversion,
+    taken: Sequence[ConversionReward],
+    policy: Policy,
+    reason: str,
+    *,
+    whole: bool,
+) -> None:
+    now = utcnow()
+    for item in taken:
+        item.revoked = True
+        session.add(item)
+        if item.level == 1:
+            kind = session.exec(select(Partner.kind).where(Partner.user_id == item.referrer_id)).first() or "customer"
+            leaderboard.count(
+                session,
+                user_id=item.referrer_id,
+                kind=kind,
+                when=conversion.occurred_at,
+                tz=policy.timezone,
+                campaigns=policy.campaigns_at(conversion.occurred_at),
+                delta=-1,
+            )
+    if whole:
+        conversion.state, conversion.updated_at = ConversionState.REVOKED, now
+        session.add(conversion)
+    add_event(
+        session,
+        CONVERSION_REVOKED,
+        referral_events_pb2.ConversionRevoked(
+            conversion_id=conversion.id,
+            referred_id=conversion.user_id,
+            rewards=[
+                referral_events_pb2.RevokedReward(
+                    converted_event_id=r.event_id, referrer_id=r.referrer_id, level=r.level
+                )
+                for r in taken
+            ],
+            reason=reason,
+            occurred_at=ts_fields(now),
+        ),
+    )
+
+
+def _within(session: Session, partner: Partner, depth: int) -> list[tuple[str, int]]:
+    """The partner (distance 0) and the partners up to `depth` levels below it."""
+    found = [(partner.user_id, 0)]
+    frontier = [partner.id]
+    for distance in range(1, depth + 1):
+        if not frontier:
+            break
+        children = session.exec(select(Partner.id, Partner.user_id).where(col(Partner.referrer).in_(frontier))).all()
+        found += [(user_id, distance) for _, user_id in children]
+        frontier = [partner_id for partner_id, _ in children]
+    return found
+
+
+def rewards_of(session: Session, conversion_id: str) -> list[ConversionReward]:
+    return list(
+        session.exec(
+            select(ConversionReward)
+            .where(ConversionReward.conversion_id == conversion_id)
+            .order_by(col(ConversionReward.level))
+        ).all()
+    )
+
+
+def add_points(session: Session, *, event_id: str, transaction_id: str, points: int) -> bool:
+    """points.v1.awarded for a referral.v1.converted event: the referrer's referral points and the
+    `points_below` of everyone above. False when the event is not one of ours."""
+    reward_row = session.exec(select(ConversionReward).where(ConversionReward.event_id == event_id)).first()
+    if reward_row is None:
+        return False
+    lock_links(session)
+    reward_row.points += points
+    reward_row.points_transaction_id = transaction_id
+    session.add(reward_row)
+    _points_up_chain(session, reward_row.referrer_id, points)
+    return True
+
+
+def take_points(session: Session, *, transaction_id: str, points: int) -> bool:
+    """points.v1.reversed of an award we recorded: the same counters, down."""
+    reward_row = session.exec(
+        select(ConversionReward).where(ConversionReward.points_transaction_id == transaction_id)
+    ).first()
+    if reward_row is None:
+        return False
+    lock_links(session)
+    reward_row.points -= points
+    session.add(reward_row)
+    _points_up_chain(session, reward_row.referrer_id, -points)
+    return True
+
+
+def _points_up_chain(session: Session, user_id: str, points: int) -> None:
+    partner_id = session.exec(select(Partner.id).where(Partner.user_id == user_id)).first()
+    if partner_id is not None and points:
+        add_up_chain(session, partner_id, points=points)

@@ -1,0 +1,227 @@
+"""Links: one Register or a whole import batch, through exactly the same checks.
+
+In order, for each proposed link (new user, referrer or code):
+1. the code exists and is active (its owner is the referrer);
+2. not a self-referral;
+3. the user has no referrer yet (the same link again is "already linked", not an error);
+4. no cycle: the user is not the referrer or above it (checked only when the user already has
+   referrals of their own: a user without any cannot close a loop);
+5. the velocity rules of the policy: over `max` registrations sharing the referrer, device or
+   phone within the window puts the link under review (or refuses it, action: refuse).
+Earlier links of the same batch count in every check, as if they had been registered one by one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+from sqlmodel import select as sqlmodel_select
+
+from services.referral.models import LinkState, ReferralCode
+from services.referral.policy import Policy, VelocityRule
+from services.referral.tree import PARTNER, Forest, Node, lock_links
+
+
+class Refusal:
+    """Why a link is refused: the names of the API's RefusalReason."""
+
+    UNKNOWN_CODE = "UNKNOWN_CODE"
+    REVOKED_CODE = "REVOKED_CODE"
+    SELF_REFERRAL = "SELF_REFERRAL"
+    ALREADY_REFERRED = "ALREADY_REFERRED"
+    CYCLE = "CYCLE"
+    INVALID = "INVALID"
+    VELOCITY = "VELOCITY"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    user_id: str
+    kind: str
+    linked_at: datetime
+    source: str  # register | import:<batch_id>
+    code: str | None = None
+    referrer_id: str | None = None
+    referrer_kind: str = "customer"
+    device_hash: str | None = None
+    phone_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """`state`: active or review (linked now), already (the same link existed), refused."""
+
+    state: str
+    user_id: str
+    referrer_id: str | None = None
+    reason: str | None = None
+    message: str = ""
+    flagged_by: str | None = None
+    flag_reason: str | None = None
+
+
+def link_all(session: Session, proposals: Sequence[Proposal], policy: Policy) -> list[Outcome]:
+    """Check and make every proposed link, in order; one outcome each."""
+    lock_links(session)
+    forest = Forest(session)
+    codes = _load_codes(session, [p.code for p in proposals if p.code])
+    forest.load_users(
+        [p.user_id for p in proposals]
+        + [p.referrer_id for p in proposals if p.referrer_id]
+        + [c.user_id for c in codes.values()]
+    )
+    velocity = Velocity(session, policy.velocity)
+    outcomes = [_link_one(forest, codes, velocity, p) for p in proposals]
+    forest.write()
+    return outcomes
+
+
+def _link_one(forest: Forest, codes: dict[str, ReferralCode], velocity: Velocity, p: Proposal) -> Outcome:
+    def refuse(reason: str, message: str, referrer_id: str | None = p.referrer_id) -> Outcome:
+        return Outcome("refused", p.user_id, referrer_id, reason, message)
+
+    referrer_id = p.referrer_id
+    if p.code:
+        code = codes.get(p.code)
+        if code is None:
+            return refuse(Refusal.UNKNOWN_CODE, f"code: no referral code {p.code}")
+        if not code.active:
+            return refuse(Refusal.REVOKED_CODE, f"code: {p.code} was revoked", code.user_id)
+        if referrer_id and referrer_id != code.user_id:
+            return refuse(Refusal.INVALID, f"code: {p.code} belongs to {code.user_id}, not referrer {referrer_id}")
+        referrer_id = code.user_id
+    if not referrer_id:
+        return refuse(Refusal.INVALID, "code: a code or a referrer_id is required")
+    if referrer_id == p.user_id:
+        return refuse(Refusal.SELF_REFERRAL, f"user_id: {p.user_id} cannot use their own code", referrer_id)
+
+    user = forest.user(p.user_id)
+    if user is not None and user.link_state != LinkState.NONE:
+        if user.linked_referrer_id == referrer_id and user.link_state != LinkState.REJECTED:
+            return Outcome("already", p.user_id, referrer_id, flagged_by=None)
+        if user.link_state == LinkState.REJECTED:
+            message = f"user_id: {p.user_id}'s link to {user.linked_referrer_id} was rejected on review"
+        else:
+            message = f"user_id: {p.user_id} was already referred by {user.linked_referrer_id}"
+        return refuse(Refusal.ALREADY_REFERRED, message, referrer_id)
+
+    referrer = forest.user(referrer_id)
+    if user is not None and user.direct > 0 and referrer is not None:
+        loop = _loop(forest, user, referrer)
+        if loop:
+            return refuse(
+                Refusal.CYCLE, f"user_id: linking {p.user_id} under {referrer_id} closes a loop: {loop}", referrer_id
+            )
+
+    flag = velocity.check(p, referrer_id, None if referrer is None or referrer.new else referrer.id)
+    if flag is not None and flag[0].action == "refuse":
+        return refuse(Refusal.VELOCITY, f"{flag[0].id}: {flag[1]}", referrer_id)
+
+    if referrer is None:
+        referrer = forest.create(referrer_id, p.referrer_kind)
+    if user is None:
+        user = forest.create(p.user_id, p.kind)
+    state = LinkState.ACTIVE if flag is None else LinkState.REVIEW
+    forest.attach(
+        user,
+        referrer,
+        state,
+        {
+            "link_code": p.code,
+            "link_source": p.source,
+            "linked_at": p.linked_at,
+            "device_hash": p.device_hash,
+            "phone_hash": p.phone_hash,
+            "flagged_by": flag[0].id if flag else None,
+            "flag_reason": flag[1] if flag else None,
+        },
+    )
+    velocity.record(p, referrer_id)
+    return Outcome(
+        state, p.user_id, referrer_id, flagged_by=flag[0].id if flag else None, flag_reason=flag[1] if flag else None
+    )
+
+
+def _loop(forest: Forest, user: Node, referrer: Node) -> str:
+    """The loop a link user -> referrer would close ("A <- B <- C <- A"), or "" if none."""
+    chain = [referrer]
+    if referrer is not user:
+        for above in forest.ancestors(referrer):
+            chain.append(above)
+            if above is user:
+                break
+        else:
+            return ""
+    names = [user.user_id] + [n.user_id for n in chain]
+    return (
+        " <- ".join(reversed(names))
+        if len(names) <= 8
+        else " <- ".join([*reversed(names[-4:]), "...", *reversed(names[:3])])
+    )
+
+
+def _load_codes(session: Session, codes: list[str]) -> dict[str, ReferralCode]:
+    found: dict[str, ReferralCode] = {}
+    unique = list(dict.fromkeys(codes))
+    for start in range(0, len(unique), 500):
+        for code in session.exec(
+            sqlmodel_select(ReferralCode).where(col(ReferralCode.code).in_(unique[start : start + 500]))
+        ):
+            found[code.code] = code
+    return found
+
+
+class Velocity:
+    """Counts registrations sharing a referrer, device or phone within each rule's window: those
+    in the database and those made earlier in this batch."""
+
+    _COLUMNS = {"referrer": "referrer", "device": "device_hash", "phone": "phone_hash"}  # partner columns
+
+    def __init__(self, session: Session, rules: Sequence[VelocityRule]) -> None:
+        self.session = session
+        self.rules = rules
+        self.batch: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+
+    def _key(self, per: str, p: Proposal, referrer_id: str) -> str | None:
+        return {"referrer": referrer_id, "device": p.device_hash, "phone": p.phone_hash}[per]
+
+    def check(self, p: Proposal, referrer_id: str, referrer: int | None) -> tuple[VelocityRule, str] | None:
+        """The first rule this registration breaks, with the reason, or None."""
+        for rule in self.rules:
+            key = self._key(rule.per, p, referrer_id)
+            if not key:
+                continue
+            since = p.linked_at - rule.within
+            count = self._stored(rule.per, key, referrer, since, p.linked_at) + sum(
+                1 for t in self.batch[(rule.per, key)] if since < t <= p.linked_at
+            )
+            if count + 1 > rule.max:
+                what = {"referrer": f"under {referrer_id}", "device": "on this device", "phone": "with this phone"}
+                return rule, f"{count + 1} registrations {what[rule.per]} within {rule.within_text} (max {rule.max})"
+        return None
+
+    def _stored(self, per: str, key: str, referrer: int | None, since: datetime, until: datetime) -> int:
+        column, value = PARTNER.c[self._COLUMNS[per]], key
+        if per == "referrer":
+            if referrer is None:  # not in the database yet: nobody is linked under it there
+                return 0
+            column, value = PARTNER.c.referrer, referrer
+        return int(
+            self.session.execute(
+                select(func.count())
+                .select_from(PARTNER)
+                .where(column == value, PARTNER.c.linked_at > since, PARTNER.c.linked_at <= until)
+            ).scalar()
+            or 0
+        )
+
+    def record(self, p: Proposal, referrer_id: str) -> None:
+        for per in ("referrer", "device", "phone"):
+            key = self._key(per, p, referrer_id)
+            if key:
+                self.batch[(per, key)].append(p.linked_at)

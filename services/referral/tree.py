@@ -1,0 +1,366 @@
+"""The referral forest in one unit of work: partners loaded on demand, links added and removed,
+and the subtree counters of every ancestor brought up to date when the unit is written.
+
+A batch of links (one Register, or an import of a hundred thousand) changes the counters of the
+new links' children and of every ancestor above them. Each touched partner is written once, with
+its children's changes summed first (children before parents), so a batch costs the partners it
+touches, not the sum of their depths: a chain of 10,000 levels imported at once is 10,000 rows
+written, not 50 million.
+
+Every write of the tree or its counters (links, reviews, conversions, referral points) holds the
+link lock (`lock_links`) and reads after taking it: so the cycle check sees every earlier link,
+and counters read and written back in one unit are never overwritten by another.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, select, text, update
+from sqlmodel import Session, col
+
+from services.foundation.db import utcnow
+from services.foundation.schema import table_of
+from services.foundation.upsert import insert_or_add
+from services.referral.models import LinkState, Partner, PartnerProduct
+
+PARTNER = table_of(Partner)
+PRODUCT = table_of(PartnerProduct)
+# pg_advisory_xact_lock key of link writes ("referral" in ASCII); SQLite's BEGIN IMMEDIATE already
+# serializes writers.
+LINK_LOCK = 0x726566657272616C
+_CHUNK = 500  # ids per IN (...) list
+
+_NODE_COLUMNS = [
+    "id",
+    "user_id",
+    "kind",
+    "code",
+    "referrer",
+    "link_state",
+    "linked_referrer_id",
+    "descendants",
+    "direct",
+    "height",
+    "points_own",
+    "points_below",
+]
+_LINK_COLUMNS = [
+    "link_code",
+    "link_source",
+    "linked_at",
+    "device_hash",
+    "phone_hash",
+    "flagged_by",
+    "flag_reason",
+]
+
+
+def lock_links(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LINK_LOCK})
+
+
+@dataclass(eq=False)
+class Node:
+    """A partner row as the unit of work sees it; counters are those in the database until the
+    forest is written."""
+
+    id: int
+    user_id: str
+    kind: str
+    code: str | None = None
+    referrer: int | None = None
+    link_state: str = LinkState.NONE
+    linked_referrer_id: str | None = None
+    descendants: int = 0
+    direct: int = 0
+    height: int = 0
+    points_own: int = 0
+    points_below: int = 0
+    link: dict[str, object] | None = None  # link columns to write, when this unit linked it
+    new: bool = False
+
+    @classmethod
+    def from_row(cls, row: dict[str, object]) -> Node:
+        return cls(**{name: row[name] for name in _NODE_COLUMNS})  # type: ignore[arg-type]
+
+
+@dataclass
+class _Change:
+    descendants: int = 0
+    direct: int = 0
+    points: int = 0
+    height: int = -1  # a new lower bound, -1: none
+    products: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Forest:
+    """Partners of one unit of work, by id and user id."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.by_id: dict[int, Node] = {}
+        self.by_user: dict[str, Node] = {}
+        self._next_id: int | None = None
+        self._attached: list[Node] = []  # children of new links, in order
+        self._absent: set[str] = set()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _keep(self, node: Node) -> Node:
+        self.by_id[node.id] = node
+        self.by_user[node.user_id] = node
+        return node
+
+    def load_users(self, user_ids: Iterable[str]) -> None:
+        """Load the partners of these users that exist (one query per 500)."""
+        wanted = [u for u in dict.fromkeys(user_ids) if u not in self.by_user and u not in self._absent]
+        columns = [PARTNER.c[name] for name in _NODE_COLUMNS]
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            found = self.session.execute(select(*columns).where(PARTNER.c.user_id.in_(chunk))).mappings()
+            for row in found:
+                self._keep(Node.from_row(dict(row)))
+            self._absent.update(u for u in chunk if u not in self.by_user)
+
+    def user(self, user_id: str) -> Node | None:
+        if user_id not in self.by_user and user_id not in self._absent:
+            self.load_users([user_id])
+        return self.by_user.get(user_id)
+
+    def node(self, partner_id: int) -> Node:
+        if partner_id not in self.by_id:
+            self._load_path_from(partner_id)
+        return self.by_id[partner_id]
+
+    def _load_path_from(self, partner_id: int) -> None:
+        """Load a partner and every ancestor above it not loaded yet, in one recursive query."""
+        for row in path_rows(self.session, partner_id, include_self=True):
+            if row["id"] not in self.by_id:
+                self._keep(Node.from_row(row))
+
+    def ancestors(self, node: Node) -> Iterator[Node]:
+        """The partners above `node`, nearest first, as they are in this unit (new links included)."""
+        current = node
+        while current.referrer is not None:
+            current = self.node(current.referrer)
+            yield current
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def create(self, user_id: str, kind: str) -> Node:
+        if self._next_id is None:
+            self._next_id = (self.session.execute(select(func.max(PARTNER.c.id))).scalar() or 0) + 1
+        node = Node(id=self._next_id, user_id=user_id, kind=kind, new=True)
+        self._next_id += 1
+        self._absent.discard(user_id)
+        return self._keep(node)
+
+    def attach(self, child: Node, parent: Node, state: str, link: dict[str, object]) -> None:
+        child.referrer = parent.id
+        child.link_state = state
+        child.linked_referrer_id = parent.user_id
+        child.link = link
+        parent.direct += 1  # seen at once by the cycle checks of later links in the batch
+        self._attached.append(child)
+
+    def write(self) -> None:
+        """Write new partners, new links and every touched ancestor's counters."""
+        changes = self._counter_changes()
+        now = utcnow()
+        new_rows, updates = [], []
+        for node in self.by_id.values():
+            change = changes.get(node.id)
+            if not node.new and change is None and node.link is None:
+                continue
+            if change is not None:
+                node.descendants += change.descendants
+                node.points_below += change.points
+                node.height = max(node.height, change.height)
+            row = {name: getattr(node, name) for name in _NODE_COLUMNS} | {"updated_at": now}
+            if node.new:
+                new_rows.append(row | {c: None for c in _LINK_COLUMNS} | (node.link or {}) | {"created_at": now})
+            elif node.link is not None:
+                updates.append(row | node.link)
+            else:
+                updates.append(row)
+        connection = self.session.connection()
+        if new_rows:
+            connection.execute(PARTNER.insert(), new_rows)
+        counters = [r for r in updates if "link_code" not in r]
+        linked = [r for r in updates if "link_code" in r]
+        for rows, names in ((counters, _NODE_COLUMNS[1:]), (linked, _NODE_COLUMNS[1:] + _LINK_COLUMNS)):
+            if rows:
+                statement = (
+                    update(PARTNER)
+                    .where(PARTNER.c.id == bindparam("b_id"))
+                    .values({name: bindparam(f"b_{name}") for name in [*names, "updated_at"]})
+                )
+                connection.execute(statement, [{f"b_{k}": v for k, v in r.items()} for r in rows])
+        products = [
+            {"partner": partner_id, "product": product, "own": 0, "below": count}
+            for partner_id, change in changes.items()
+            for product, count in change.products.items()
+            if count
+        ]
+        if products:
+            connection.execute(insert_or_add(connection, PRODUCT, ["partner", "product"], ["below"]), products)
+        for node in self.by_id.values():
+            node.new, node.link = False, None
+        self._attached.clear()
+
+    def _counter_changes(self) -> dict[int, _Change]:
+        """Each touched partner's change, children before parents."""
+        if not self._attached:
+            return {}
+        carried = self._products_of(self._attached)
+        touched: dict[int, Node] = {}
+        for child in self._attached:
+            touched[child.id] = child
+            for above in self.ancestors(child):
+                if above.id in touched:
+                    break
+                touched[above.id] = above
+        waiting = defaultdict(int)  # touched children not yet summed
+        for node in touched.values():
+            if node.referrer is not None:
+                waiting[node.referrer] += 1
+        attached = {child.id for child in self._attached}
+        changes: dict[int, _Change] = {node_id: _Change() for node_id in touched}
+        ready = [node for node in touched.values() if waiting[node.id] == 0]
+        while ready:
+            node = ready.pop()
+            change = changes[node.id]
+            if node.referrer is None:
+                continue
+            up = changes[node.referrer]
+            if node.id in attached:  # the whole subtree arrives
+                up.descendants += node.descendants + change.descendants + 1
+                up.points += node.points_own + node.points_below + change.points
+                for product, count in carried.get(node.id, {}).items():
+                    up.products[product] += count
+            else:  # only what changed below it
+                up.descendants += change.descendants
+                up.points += change.points
+            for product, count in change.products.items():
+                up.products[product] += count
+            up.height = max(up.height, max(node.height, change.height) + 1)
+            waiting[node.referrer] -= 1
+            if waiting[node.referrer] == 0:
+                ready.append(touched[node.referrer])
+        return changes
+
+    def _products_of(self, nodes: Sequence[Node]) -> dict[int, dict[str, int]]:
+        """Conversions of existing partners that move with their subtree (own + below)."""
+        ids = [n.id for n in nodes if not n.new]
+        found: dict[int, dict[str, int]] = defaultdict(dict)
+        for start in range(0, len(ids), _CHUNK):
+            rows = self.session.execute(
+                select(PRODUCT.c.partner, PRODUCT.c.product, PRODUCT.c.own + PRODUCT.c.below).where(
+                    PRODUCT.c.partner.in_(ids[start : start + _CHUNK])
+                )
+            )
+            for partner_id, product, total in rows:
+                if total:
+                    found[partner_id][product] = total
+        return found
+
+
+# -- queries and single-partner changes ------------------------------------------------------
+
+_PATH = """
+WITH RECURSIVE up(id, level) AS (
+    SELECT CAST({start} AS BIGINT), {first}
+    UNION ALL
+    SELECT p.referrer, up.level + 1 FROM partner p JOIN up ON p.id = up.id
+    WHERE p.referrer IS NOT NULL AND up.level < :limit
+)
+SELECT {columns}, up.level AS level FROM up JOIN partner ON partner.id = up.id ORDER BY up.level
+"""
+
+
+def path_rows(session: Session, partner_id: int, *, include_self: bool = False, limit: int = 10**9) -> list[dict]:
+    """The partner (if `include_self`, level 0) and its ancestors nearest first (level 1 = its
+    referrer), at most `limit` levels up."""
+    columns = ", ".join(f"partner.{c}" for c in _NODE_COLUMNS)
+    if include_self:
+        sql = _PATH.format(start=":start", first="0", columns=columns)
+    else:
+        sql = _PATH.format(start="(SELECT referrer FROM partner WHERE id = :start)", first="1", columns=columns)
+    rows = session.execute(text(sql), {"start": partner_id, "limit": limit}).mappings()
+    return [dict(row) for row in rows if row["id"] is not None]
+
+
+def add_up_chain(
+    session: Session, partner_id: int, *, product: str | None = None, points: int = 0, count: int = 1
+) -> None:
+    """A conversion (product, count) or referral points of one partner: its own counters and the
+    `below` counters of every ancestor."""
+    above = [row["id"] for row in path_rows(session, partner_id)]
+    connection = session.connection()
+    if product is not None:
+        rows = [{"partner": partner_id, "product": product, "own": count, "below": 0}]
+        rows += [{"partner": a, "product": product, "own": 0, "below": count} for a in above]
+        connection.execute(insert_or_add(connection, PRODUCT, ["partner", "product"], ["own", "below"]), rows)
+    if points:
+        session.execute(
+            update(Partner).where(col(Partner.id) == partner_id).values(points_own=Partner.points_own + points)
+        )
+        for start in range(0, len(above), _CHUNK):
+            session.execute(
+                update(Partner)
+                .where(col(Partner.id).in_(above[start : start + _CHUNK]))
+                .values(points_below=Partner.points_below + points)
+            )
+
+
+def detach(session: Session, child_id: int, *, now: datetime) -> None:
+    """Take a partner and its subtree out from under its referrer: every ancestor loses the
+    subtree's counters, and heights are recomputed from the remaining children."""
+    child = session.get(Partner, child_id)
+    assert child is not None and child.referrer is not None
+    above = path_rows(session, child_id)
+    size = child.descendants + 1
+    points = child.points_own + child.points_below
+    moved = {
+        product: own + below
+        for product, own, below in session.execute(
+            select(PRODUCT.c.product, PRODUCT.c.own, PRODUCT.c.below).where(PRODUCT.c.partner == child_id)
+        )
+        if own + below
+    }
+    parent_id = child.referrer
+    child.referrer = None
+    child.updated_at = now
+    session.add(child)
+    session.flush()
+    connection = session.connection()
+    heights_changing = True  # once an ancestor keeps its height, every one above keeps theirs
+    for row in above:
+        values: dict[str, object] = {
+            "descendants": Partner.descendants - size,
+            "points_below": Partner.points_below - points,
+            "updated_at": now,
+        }
+        if row["id"] == parent_id:
+            values["direct"] = Partner.direct - 1
+        if heights_changing:
+            tallest = session.execute(
+                select(func.max(PARTNER.c.height)).where(PARTNER.c.referrer == row["id"])
+            ).scalar()
+            height = 0 if tallest is None else tallest + 1
+            if height != row["height"]:
+                values["height"] = height
+            else:
+                heights_changing = False
+        session.execute(update(Partner).where(col(Partner.id) == row["id"]).values(values))
+        for product, count in moved.items():
+            connection.execute(
+                update(PRODUCT)
+                .where(PRODUCT.c.partner == row["id"], PRODUCT.c.product == product)
+                .values(below=PRODUCT.c.below - count)
+            )
