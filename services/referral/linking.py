@@ -206,7 +206,8 @@ class Velocity:
         return None
 
     def _stored(self, per: str, key: str, referrer: int | None, since: datetime, until: datetime) -> int:
-        column, value = PARTNER.c[self._COLUMNS[per]], key
+        column = PARTNER.c[self._COLUMNS[per]]
+        value: str | int = key
         if per == "referrer":
             if referrer is None:  # not in the database yet: nobody is linked under it there
                 return 0

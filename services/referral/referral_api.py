@@ -26,8 +26,12 @@ from services.referral.policy import PolicyBook
 from services.referral.settings import ReferralSettings
 from services.referral.tree import path_rows
 
-KINDS = {api.USER_KIND_UNSPECIFIED: "customer", api.USER_KIND_CUSTOMER: "customer", api.USER_KIND_EMPLOYEE: "employee"}
-KIND_ENUM = {"customer": api.USER_KIND_CUSTOMER, "employee": api.USER_KIND_EMPLOYEE}
+KINDS: dict[int, str] = {
+    api.USER_KIND_UNSPECIFIED: "customer",
+    api.USER_KIND_CUSTOMER: "customer",
+    api.USER_KIND_EMPLOYEE: "employee",
+}
+KIND_ENUM: dict[str, api.UserKind.ValueType] = {"customer": api.USER_KIND_CUSTOMER, "employee": api.USER_KIND_EMPLOYEE}
 STATE_ENUM = {
     LinkState.ACTIVE: api.LINK_STATE_ACTIVE,
     LinkState.REVIEW: api.LINK_STATE_UNDER_REVIEW,

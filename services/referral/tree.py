@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, func, select, text, update
 from sqlmodel import Session, col
@@ -225,7 +226,7 @@ class Forest:
                 if above.id in touched:
                     break
                 touched[above.id] = above
-        waiting = defaultdict(int)  # touched children not yet summed
+        waiting: dict[int, int] = defaultdict(int)  # touched children not yet summed
         for node in touched.values():
             if node.referrer is not None:
                 waiting[node.referrer] += 1
@@ -283,7 +284,9 @@ SELECT {columns}, up.level AS level FROM up JOIN partner ON partner.id = up.id O
 """
 
 
-def path_rows(session: Session, partner_id: int, *, include_self: bool = False, limit: int = 10**9) -> list[dict]:
+def path_rows(
+    session: Session, partner_id: int, *, include_self: bool = False, limit: int = 10**9
+) -> list[dict[str, Any]]:
     """The partner (if `include_self`, level 0) and its ancestors nearest first (level 1 = its
     referrer), at most `limit` levels up."""
     columns = ", ".join(f"partner.{c}" for c in _NODE_COLUMNS)
