@@ -36,10 +36,14 @@ class ConversionCommand:
     product: str
     occurred_at: datetime
     attributes: Mapping[str, str] = field(default_factory=dict)
+    occurred_at_given: bool = True  # else it is the time of the call: a retry must not differ by it
 
     @property
     def request_hash(self) -> str:
-        return command_hash("conversion", {**self.__dict__, "attributes": dict(self.attributes)})
+        fields = {**self.__dict__, "attributes": dict(self.attributes)}
+        if not self.occurred_at_given:
+            fields["occurred_at"] = None
+        return command_hash("conversion", fields)
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ def conversion_command(request: api.RecordConversionRequest, now: datetime) -> C
             future=False,
         ),
         attributes=attributes(request.attributes),
+        occurred_at_given=request.HasField("occurred_at"),
     )
 
 
