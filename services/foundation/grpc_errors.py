@@ -80,7 +80,19 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-    return handler
+    if handler.stream_unary is not None:  # the request is an iterator; the wrapping is the same
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_unary(handler.stream_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(cast(Callable[..., AsyncIterator[Any]], handler.stream_stream), method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    raise TypeError(f"{method}: a method handler of no known kind")
 
 
 async def _abort_for(error: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
