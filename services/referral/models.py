@@ -158,3 +158,18 @@ class LeaderboardCount(ReferralTable, table=True):
     kind: str = Field(primary_key=True, max_length=16)
     user_id: str = Field(primary_key=True, max_length=64)
     conversions: int = 0
+
+
+class LinkRefusal(ReferralTable, table=True):
+    """A registration event refused (no caller to tell): for ops and fraud analysis."""
+
+    __tablename__ = "link_refusal"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=64, unique=True)
+    user_id: str = Field(max_length=64, index=True)
+    referrer_id: str | None = Field(default=None, max_length=64)
+    code: str | None = Field(default=None, max_length=32)
+    reason: str = Field(max_length=32)
+    message: str = Field(max_length=512)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -8,6 +8,7 @@ from services.foundation.service import Kit, Service
 from services.referral import events
 from services.referral.consumers.business_completed import on_business_completed
 from services.referral.consumers.referral_points import on_points_awarded, on_points_reversed
+from services.referral.consumers.registrations import on_customer_registered
 from services.referral.models import SCHEMA
 from services.referral.policy import PolicyBook, load_policy
 from services.referral.referral_api import ReferralServicer
@@ -20,6 +21,7 @@ async def build(kit: Kit) -> None:
     book = PolicyBook()
     kit.rules("referral", parse=load_policy, on_change=book.replace)
     kit.serve(referral_pb2_grpc.add_ReferralServiceServicer_to_server, ReferralServicer(kit.db, book, settings))
+    kit.consume(events.CUSTOMER_REGISTERED, on_customer_registered(book))
     kit.consume(events.BUSINESS_COMPLETED, on_business_completed(book))
     kit.consume(events.POINTS_AWARDED, on_points_awarded())
     kit.consume(events.POINTS_REVERSED, on_points_reversed())

@@ -107,6 +107,22 @@ def upgrade() -> None:
         batch_op.create_index("ix_partner_state_id", ["link_state", "id"], unique=False)
 
     op.create_table(
+        "link_refusal",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("event_id", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.String(length=64), nullable=False),
+        sa.Column("referrer_id", sa.String(length=64), nullable=True),
+        sa.Column("code", sa.String(length=32), nullable=True),
+        sa.Column("reason", sa.String(length=32), nullable=False),
+        sa.Column("message", sa.String(length=512), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("event_id"),
+    )
+    with op.batch_alter_table("link_refusal", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_link_refusal_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
         "partner_product",
         sa.Column("partner", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("product", sa.String(length=64), nullable=False),
@@ -137,6 +153,10 @@ def downgrade() -> None:
 
     op.drop_table("referral_code")
     op.drop_table("partner_product")
+    with op.batch_alter_table("link_refusal", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_link_refusal_user_id"))
+
+    op.drop_table("link_refusal")
     with op.batch_alter_table("partner", schema=None) as batch_op:
         batch_op.drop_index("ix_partner_state_id")
         batch_op.drop_index("ix_partner_referrer_linked")
