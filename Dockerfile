@@ -67,7 +67,7 @@ LABEL org.opencontainers.image.title="alliance" \
 RUN groupadd --system --gid 10001 alliance \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin alliance \
-    && mkdir -p /etc/alliance/rules/campaigns
+    && mkdir -p /etc/alliance/rules/campaigns /etc/alliance/rules/referral
 
 # Same base image and same path as in the builder, so the venv's interpreter links and script
 # shebangs (#!/opt/venv/bin/python) hold. Bytecode was compiled by pip at install time.
@@ -91,7 +91,7 @@ USER 10001:10001
 
 # gRPC (health included: grpc.health.v1) and Prometheus /metrics of points. No HEALTHCHECK:
 # Kubernetes probes gRPC health directly.
-EXPOSE 50051 9464
+EXPOSE 50051 50052 9464 9465
 
 # exec form: `alliance` is PID 1 and gets SIGTERM itself (graceful drain, SHUTDOWN_GRACE_SECONDS).
 ENTRYPOINT ["alliance"]
