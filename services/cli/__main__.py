@@ -5,6 +5,8 @@ alliance run                     run NATS and every service locally (make run)
 alliance rules validate rules/   check rule files; exit 1 on any error
 alliance rules simulate ...      dry-run an event against a campaign
 alliance points balance USER     ask a running points service
+alliance referral tree USER      ask a running referral service (codes, reviews, imports, ...)
+alliance referral simulate S.json  dry-run the referral rules on a scenario
 alliance db upgrade points       upgrade a service's database schema
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import db_commands, dev_run, points_commands, serve
+from services.cli import db_commands, dev_run, points_commands, referral_commands, serve
 from services.cli.benefits_commands import add_benefits_parser
 from services.cli.rules_commands import add_rules_parser
 
@@ -31,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     add_rules_parser(commands)
     add_benefits_parser(commands)
     points_commands.add_parser(commands)
+    referral_commands.add_parser(commands)
     db_commands.add_parser(commands)
     return root
 

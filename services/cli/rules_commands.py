@@ -1,16 +1,19 @@
-"""`alliance rules validate` and `alliance rules simulate`: check campaign files and dry-run an
-event against them, for the ops staff who edit them. Neither writes anything."""
+"""`alliance rules validate` and `alliance rules simulate`: check rule files (campaigns and
+referral policies) and dry-run an event against a campaign, for the ops staff who edit them.
+Neither writes anything. (Referral registrations are dry-run by `alliance referral simulate`.)"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from services.foundation.rules.book import duplicate_ids
 from services.foundation.rules.engine import Matcher
 from services.foundation.rules.errors import RuleFileError
 from services.points.benefits.quote import compile_benefits
@@ -18,21 +21,33 @@ from services.points.campaign_file.loader import find_duplicate_ids, load_campai
 from services.points.campaign_file.model import Campaign
 from services.points.campaigns.book import CampaignBook, compile_campaign
 from services.points.campaigns.evaluation import EarnEvent, Evaluation
+from services.referral.policy import PolicyFile, load_policy
 
 RULE_FILE_PATTERNS = ("*.yaml", "*.yml")
+REFERRAL_DIRECTORY = "referral"  # rules/referral/: the referral service's policy files
+_POLICY_KEY = re.compile(rb"^policy[ \t]*:", re.MULTILINE)
 
 
 def add_rules_parser(subparsers: Any) -> None:
-    rules = subparsers.add_parser("rules", help="check campaign rule files and dry-run events against them")
+    rules = subparsers.add_parser(
+        "rules", help="check rule files (campaigns, referral policies) and dry-run events against campaigns"
+    )
     commands = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
 
     validate_cmd = commands.add_parser(
         "validate",
         help="check rule files; every error with file:line; exit 1 if any is bad",
-        description="Check campaign files (or every *.yaml/*.yml under directories) the way a running "
-        "service would load them, including campaign ids that clash across files.",
+        description="Check rule files (or every *.yaml/*.yml under directories) the way a running service "
+        "would load them, including ids that clash across files. Files under a 'referral' directory, or whose "
+        "top-level key is 'policy:', are referral policies (the referral service's rules); the others are "
+        "campaigns (the points service's).",
+        epilog="examples:\n  alliance rules validate rules/\n  alliance rules validate rules/referral/default.yaml "
+        "rules/campaigns/referral-autumn-2026.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    validate_cmd.add_argument("paths", nargs="+", metavar="PATH", help="a campaign file or a directory")
+    validate_cmd.add_argument(
+        "paths", nargs="+", metavar="PATH", help="a campaign file, a referral policy file or a directory"
+    )
     validate_cmd.set_defaults(func=validate)
 
     simulate_cmd = commands.add_parser(
@@ -69,13 +84,61 @@ def validate(args: argparse.Namespace) -> int:
             print(f"{given}: no such file or directory")
             bad += 1
     files = list(dict.fromkeys(files))  # a file named and also inside a named directory counts once
+    contents: dict[str, bytes] = {}
+    errors: dict[str, RuleFileError] = {}
+    for file in files:
+        try:
+            contents[file] = Path(file).read_bytes()
+        except OSError as error:
+            errors[file] = RuleFileError(file, None, "", f"cannot be read: {error.strerror or error}")
+    policy_files = [f for f in contents if is_referral_policy(f, contents[f])]
+    policies, policy_errors = load_policies({f: contents[f] for f in policy_files})
+    errors.update(policy_errors)
+    campaigns, campaign_errors = _load_campaigns({f: c for f, c in contents.items() if f not in policy_files})
+    errors.update(campaign_errors)
+    for file in files:
+        if file in errors:
+            for problem in errors[file].problems:
+                print(problem)
+        elif file in policies:
+            print(f"OK {file} ({_policy_summary(policies[file])})")
+        else:
+            print(f"OK {file} ({_campaign_summary(campaigns[file])})")
+    bad += len(errors)
+    print(f"{len(files) - len(errors)} of {len(files)} files OK" + (f", {len(errors)} refused" if errors else ""))
+    return 1 if bad else 0
+
+
+def is_referral_policy(file: str, content: bytes) -> bool:
+    """A referral policy file: in a `referral` directory (the service reads RULES_DIR/referral), or
+    with a top-level `policy:` key."""
+    return Path(file).parent.name == REFERRAL_DIRECTORY or _POLICY_KEY.search(content) is not None
+
+
+def load_policies(contents: Mapping[str, bytes]) -> tuple[dict[str, PolicyFile], dict[str, RuleFileError]]:
+    """Referral policy files as the referral service loads them: each file on its own, then policy
+    ids that an earlier file (by name) already uses are refused (the service leaves them out)."""
+    policies: dict[str, PolicyFile] = {}
+    errors: dict[str, RuleFileError] = {}
+    for file, content in contents.items():
+        try:
+            policies[file] = load_policy(file, content)
+        except RuleFileError as error:
+            errors[file] = error
+    for file, clash in duplicate_ids(policies, "policy").items():
+        errors[file] = clash
+        del policies[file]
+    return policies, errors
+
+
+def _load_campaigns(contents: Mapping[str, bytes]) -> tuple[dict[str, Campaign], dict[str, RuleFileError]]:
     loaded: dict[str, Campaign] = {}
     errors: dict[str, RuleFileError] = {}
     matcher = Matcher()
     try:
-        for file in files:
+        for file, content in contents.items():
             try:
-                campaign = load_campaign(file, Path(file).read_bytes())
+                campaign = load_campaign(file, content)
                 compiled = compile_campaign(matcher, campaign)  # the engine's own limits
                 if compiled is not None:
                     matcher.remove(compiled)
@@ -88,21 +151,26 @@ def validate(args: argparse.Namespace) -> int:
     finally:
         matcher.close()
     errors.update(find_duplicate_ids(loaded))
-    for file in files:
-        if file in errors:
-            for problem in errors[file].problems:
-                print(problem)
-        else:
-            campaign = loaded[file]
-            count = len(campaign.points.rules) if campaign.points else 0
-            summary = f"{campaign.id}, version {campaign.version}, {count} rule{'' if count == 1 else 's'}"
-            if campaign.benefits is not None:
-                offers = len(campaign.benefits.offers)
-                summary += f", {offers} benefit offer{'' if offers == 1 else 's'}"
-            print(f"OK {file} ({summary})")
-    bad += len(errors)
-    print(f"{len(files) - len(errors)} of {len(files)} files OK" + (f", {len(errors)} refused" if errors else ""))
-    return 1 if bad else 0
+    return loaded, errors
+
+
+def _campaign_summary(campaign: Campaign) -> str:
+    count = len(campaign.points.rules) if campaign.points else 0
+    summary = f"{campaign.id}, version {campaign.version}, {count} rule{'' if count == 1 else 's'}"
+    if campaign.benefits is not None:
+        offers = len(campaign.benefits.offers)
+        summary += f", {offers} benefit offer{'' if offers == 1 else 's'}"
+    return summary
+
+
+def _policy_summary(policy: PolicyFile) -> str:
+    rules = len(policy.velocity)
+    summary = f"referral policy {policy.id}, version {policy.version}, {rules} velocity rule{'' if rules == 1 else 's'}"
+    if policy.levels is not None:
+        summary += f", rewards {policy.levels} level{'' if policy.levels == 1 else 's'}"
+    if policy.campaigns:
+        summary += f", {len(policy.campaigns)} campaign{'' if len(policy.campaigns) == 1 else 's'}"
+    return summary
 
 
 def _rule_files(directory: Path, recursive: bool) -> Iterator[Path]:
