@@ -296,3 +296,11 @@ async def published_for(js: nats.js.JetStreamContext, subject: str, message_type
 async def ensure_referral_stream(js: nats.js.JetStreamContext) -> None:
     # The referral service owns this stream; until it exists, tests create it as it would.
     await js.add_stream(name="REFERRAL", subjects=["referral.v1.>"], duplicate_window=600)
+
+
+async def ensure_referral_stream_as_its_host(nats_url: str) -> None:
+    """The REFERRAL stream as the referral service's host makes it (create, or update to its
+    config). Unlike `ensure_referral_stream`, this works whether or not the referral service (its
+    tests share the session's NATS server) made the stream first."""
+    async with connected_bus(nats_url, name="test-referral-stream") as bus:
+        await bus.ensure_stream("referral")

@@ -15,6 +15,8 @@ POINTS = EventCatalog("points", [AWARDED, REDEEMED, REVERSED, EXPIRED])
 CLAIMED = Event("benefits.v1.claimed", benefits_events_pb2.BenefitClaimed)
 BENEFITS = EventCatalog("benefits", [CLAIMED])
 
-# Consumed: core banking's daily AUM reports, and the referral service's conversions.
+# Consumed: core banking's daily AUM reports, and the referral service's conversions and their
+# revocations (a link rejected on review).
 AUM_CHANGED = Event("customer.v1.aum_changed", customer_events_pb2.CustomerAumChanged)
 REFERRAL_CONVERTED = Event("referral.v1.converted", referral_events_pb2.ReferralConverted)
+REFERRAL_CONVERSION_REVOKED = Event("referral.v1.conversion_revoked", referral_events_pb2.ConversionRevoked)

@@ -15,12 +15,15 @@ from services.points.campaign_file.model import Campaign
 from services.points.campaigns.book import CampaignBook
 from services.points.consumers.aum_reports import on_aum_changed
 from services.points.consumers.referral_conversions import on_referral_converted
+from services.points.consumers.referral_revocations import on_conversion_revoked
 from services.points.expiry import sweep_expired
 from services.points.models import SCHEMA
 from services.points.points_api import PointsServicer
 from services.points.quote_cache import QuoteCache
 from services.points.settings import PointsSettings
 from services.points.spend_multipliers import SpendMultipliers
+
+REVOCATION_MAX_DELIVER = 240
 
 
 async def build(kit: Kit) -> None:
@@ -47,6 +50,15 @@ async def build(kit: Kit) -> None:
     # Durable consumer names are kept from before the kit: a new name would apply every stored event again.
     kit.consume(events.AUM_CHANGED, on_aum_changed(quote_cache), name="points-customer-aum")
     kit.consume(events.REFERRAL_CONVERTED, on_referral_converted(book), name="points-referral-converted")
+    # A revocation read before its conversion is retried (see referral_revocations.EarnNotYetRecorded),
+    # with a backoff of at most 30 s: 240 deliveries wait about two hours for the converted event
+    # before the revocation is parked.
+    kit.consume(
+        events.REFERRAL_CONVERSION_REVOKED,
+        on_conversion_revoked(),
+        name="points-referral-conversion-revoked",
+        max_deliver=REVOCATION_MAX_DELIVER,
+    )
     kit.every(settings.expiry_sweep_seconds, lambda: sweep_expired(kit.db), name="expiry-sweep")
 
 

@@ -1,7 +1,8 @@
 """referral.v1.converted → an Earn of event type "referral.converted" for the referrer.
 
 The idempotency key is derived from the event id, so the award is the same whether the event is
-redelivered or the referral service also calls Earn for it.
+redelivered or the referral service also calls Earn for it. referral.v1.conversion_revoked finds
+the earn again by that key (consumers/referral_revocations.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ EVENT_TYPE = "referral.converted"
 
 def earn_command(event: referral_events_pb2.ReferralConverted, event_id: str) -> EarnCommand:
     extra = commands.attributes(event.attributes)
+    if event.conversion_id.strip():  # events from before the field (8) have none
+        extra["conversion_id"] = validation.required_text(event.conversion_id, "conversion_id")
     return EarnCommand(
         idempotency_key=f"{SUBJECT}:{event_id}",
         user_id=validation.required_text(event.referrer_id, "referrer_id"),
