@@ -25,6 +25,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 
 from alliance.v1 import benefits_pb2, benefits_pb2_grpc, points_pb2, points_pb2_grpc
+from bench import referral
 from bench.load import LoadResult, run_load
 from bench.rules_engine import engine_evaluations_per_second
 from services.foundation.child_service import ServiceProcess
@@ -209,8 +210,34 @@ def _met(ok: bool | None) -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
+    rows: list[Row] = []
+    failed_calls = 0
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="alliance-bench-") as tmp:
-        m = await measure_service(Path(tmp), args)
+        if args.only in (None, "points"):
+            m = await measure_service(Path(tmp), args)
+            points_rows, errors_note, failed_calls = points_table(m, args)
+            rows += points_rows
+            notes.append(errors_note)
+        if args.only in (None, "referral"):
+            empty = EmptyServer(args.channels)
+            try:
+                await empty.ready()
+                rows += await referral.measure(Path(tmp), args, empty.call, interleaved)
+            finally:
+                await empty.close()
+    text = table(rows)
+    print(text)
+    print("\n".join(notes))
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text(
+        f"{datetime.now(UTC).isoformat(timespec='seconds')}\n\n{text}\n\n" + "\n".join(notes) + "\n"
+    )
+    return 0 if all(r[-1] is not False for r in rows) and not failed_calls else 1
+
+
+def points_table(m: Measured, args: argparse.Namespace) -> tuple[list[Row], str, int]:
     engine = engine_evaluations_per_second(rules=50, seconds=min(args.seconds, 5.0))
     served = engine_evaluations_per_second(rules=50, seconds=min(args.seconds, 5.0), memo=True)
     c = args.concurrency
@@ -279,13 +306,7 @@ async def main(args: argparse.Namespace) -> int:
     baseline_errors = m.earn_baseline.errors + m.quote_baseline.errors + m.first_seen_baseline.errors
     quote_errors = quote.errors + first_seen.errors
     errors = f"errors: Earn {earn.errors}, QuoteDiscount {quote_errors}, empty {baseline_errors}"
-    text = table(rows)
-    print(text)
-    print(errors)
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "latest.md").write_text(f"{datetime.now(UTC).isoformat(timespec='seconds')}\n\n{text}\n\n{errors}\n")
-    return 0 if all(r[-1] is not False for r in rows) and not (earn.errors or quote_errors) else 1
+    return rows, errors, earn.errors + quote_errors
 
 
 if __name__ == "__main__":
@@ -294,4 +315,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per RPC and for its baseline")
     parser.add_argument("--rounds", type=int, default=5, help="alternating windows of RPC and baseline")
     parser.add_argument("--channels", type=int, default=1, help="client connections, calls spread over them")
+    parser.add_argument("--only", choices=["points", "referral"], help="measure one service only")
+    parser.add_argument("--tree-users", type=int, default=1_000_000, help="users of the referral tree")
+    parser.add_argument("--chain", type=int, default=10_000, help="levels of the referral chain")
+    parser.add_argument("--skip-postgres", action="store_true", help="referral on SQLite only")
     sys.exit(asyncio.run(main(parser.parse_args())))

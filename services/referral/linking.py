@@ -13,12 +13,13 @@ Earlier links of the same batch count in every check, as if they had been regist
 
 from __future__ import annotations
 
+from bisect import bisect_right, insort
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlmodel import Session, col
 from sqlmodel import select as sqlmodel_select
 
@@ -76,9 +77,16 @@ def link_all(session: Session, proposals: Sequence[Proposal], policy: Policy) ->
         + [c.user_id for c in codes.values()]
     )
     velocity = Velocity(session, policy.velocity)
+    velocity.prefetch([(p, r) for p in proposals if (r := _referrer_of(p, codes))], forest)
+    forest.load_paths([node.id for node in forest.by_id.values()])
     outcomes = [_link_one(forest, codes, velocity, p) for p in proposals]
     forest.write()
     return outcomes
+
+
+def _referrer_of(p: Proposal, codes: dict[str, ReferralCode]) -> str | None:
+    code = codes.get(p.code) if p.code else None
+    return code.user_id if code is not None else p.referrer_id
 
 
 def _link_one(forest: Forest, codes: dict[str, ReferralCode], velocity: Velocity, p: Proposal) -> Outcome:
@@ -118,7 +126,7 @@ def _link_one(forest: Forest, codes: dict[str, ReferralCode], velocity: Velocity
                 Refusal.CYCLE, f"user_id: linking {p.user_id} under {referrer_id} closes a loop: {loop}", referrer_id
             )
 
-    flag = velocity.check(p, referrer_id, None if referrer is None or referrer.new else referrer.id)
+    flag = velocity.check(p, referrer_id)
     if flag is not None and flag[0].action == "refuse":
         return refuse(Refusal.VELOCITY, f"{flag[0].id}: {flag[1]}", referrer_id)
 
@@ -178,51 +186,63 @@ def _load_codes(session: Session, codes: list[str]) -> dict[str, ReferralCode]:
 
 class Velocity:
     """Counts registrations sharing a referrer, device or phone within each rule's window: those
-    in the database and those made earlier in this batch."""
+    in the database (read once per batch, for every key the batch has, over the batch's time span)
+    and those made earlier in this batch."""
 
     _COLUMNS = {"referrer": "referrer", "device": "device_hash", "phone": "phone_hash"}  # partner columns
 
     def __init__(self, session: Session, rules: Sequence[VelocityRule]) -> None:
         self.session = session
         self.rules = rules
-        self.batch: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+        self.times: dict[tuple[str, str], list[datetime]] = defaultdict(list)  # sorted
 
-    def _key(self, per: str, p: Proposal, referrer_id: str) -> str | None:
+    @staticmethod
+    def _key(per: str, p: Proposal, referrer_id: str) -> str | None:
         return {"referrer": referrer_id, "device": p.device_hash, "phone": p.phone_hash}[per]
 
-    def check(self, p: Proposal, referrer_id: str, referrer: int | None) -> tuple[VelocityRule, str] | None:
+    def prefetch(self, proposals: Sequence[tuple[Proposal, str]], forest: Forest) -> None:
+        """Read the stored registrations every check of this batch can count."""
+        for per in {rule.per for rule in self.rules}:
+            window = max(rule.within for rule in self.rules if rule.per == per)
+            keyed = [(p, key) for p, referrer_id in proposals if (key := self._key(per, p, referrer_id))]
+            if not keyed:
+                continue
+            low = min(p.linked_at for p, _ in keyed) - window
+            high = max(p.linked_at for p, _ in keyed)
+            values: dict[object, str] = {}
+            for _, key in keyed:
+                if per != "referrer":
+                    values[key] = key
+                elif (node := forest.by_user.get(key)) is not None and not node.new:
+                    values[node.id] = key  # links under a referrer are found by its partner id
+            column = PARTNER.c[self._COLUMNS[per]]
+            wanted = list(values)
+            for start in range(0, len(wanted), 500):
+                rows = self.session.execute(
+                    select(column, PARTNER.c.linked_at).where(
+                        column.in_(wanted[start : start + 500]), PARTNER.c.linked_at > low, PARTNER.c.linked_at <= high
+                    )
+                )
+                for value, linked_at in rows:
+                    self.times[(per, values[value])].append(linked_at)
+        for times in self.times.values():
+            times.sort()
+
+    def check(self, p: Proposal, referrer_id: str) -> tuple[VelocityRule, str] | None:
         """The first rule this registration breaks, with the reason, or None."""
         for rule in self.rules:
             key = self._key(rule.per, p, referrer_id)
             if not key:
                 continue
-            since = p.linked_at - rule.within
-            count = self._stored(rule.per, key, referrer, since, p.linked_at) + sum(
-                1 for t in self.batch[(rule.per, key)] if since < t <= p.linked_at
-            )
+            times = self.times.get((rule.per, key), [])
+            count = bisect_right(times, p.linked_at) - bisect_right(times, p.linked_at - rule.within)
             if count + 1 > rule.max:
                 what = {"referrer": f"under {referrer_id}", "device": "on this device", "phone": "with this phone"}
                 return rule, f"{count + 1} registrations {what[rule.per]} within {rule.within_text} (max {rule.max})"
         return None
 
-    def _stored(self, per: str, key: str, referrer: int | None, since: datetime, until: datetime) -> int:
-        column = PARTNER.c[self._COLUMNS[per]]
-        value: str | int = key
-        if per == "referrer":
-            if referrer is None:  # not in the database yet: nobody is linked under it there
-                return 0
-            column, value = PARTNER.c.referrer, referrer
-        return int(
-            self.session.execute(
-                select(func.count())
-                .select_from(PARTNER)
-                .where(column == value, PARTNER.c.linked_at > since, PARTNER.c.linked_at <= until)
-            ).scalar()
-            or 0
-        )
-
     def record(self, p: Proposal, referrer_id: str) -> None:
         for per in ("referrer", "device", "phone"):
             key = self._key(per, p, referrer_id)
             if key:
-                self.batch[(per, key)].append(p.linked_at)
+                insort(self.times[(per, key)], p.linked_at)

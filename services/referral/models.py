@@ -45,8 +45,8 @@ class Partner(ReferralTable, table=True):
 
     __tablename__ = "partner"
     __table_args__ = (
-        Index("ix_partner_referrer_id", "referrer", "id"),  # direct referrals, newest first
-        Index("ix_partner_state_id", "link_state", "id"),  # the review queue
+        Index("ix_partner_referrer_seq", "referrer", "link_seq"),  # direct referrals, newest first
+        Index("ix_partner_state_seq", "link_state", "link_seq"),  # the review queue, oldest first
         Index("ix_partner_device_linked", "device_hash", "linked_at"),
         Index("ix_partner_phone_linked", "phone_hash", "linked_at"),
         Index("ix_partner_referrer_linked", "referrer", "linked_at"),
@@ -62,7 +62,9 @@ class Partner(ReferralTable, table=True):
     link_state: str = Field(default=LinkState.NONE, max_length=16)
     linked_referrer_id: str | None = Field(default=None, max_length=64)  # kept after a rejection
     link_code: str | None = Field(default=None, max_length=16)
-    link_source: str | None = Field(default=None, max_length=160)  # register | import:<batch>
+    link_source: str | None = Field(default=None, max_length=160)  # register | import:<source>/<batch>
+    # Links in the order they were made (assigned under the link lock): pages of referrals and reviews.
+    link_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     linked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     device_hash: str | None = Field(default=None, max_length=128)
     phone_hash: str | None = Field(default=None, max_length=128)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,17 +14,18 @@ from sqlmodel import Session, col, select
 from alliance.v1 import referral_pb2 as api
 from alliance.v1 import referral_pb2_grpc
 from services.foundation import validation
+from services.foundation.batching import MicroBatcher
 from services.foundation.db import Database, utcnow
-from services.foundation.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.foundation.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.foundation.idempotency import command_hash, run_once
 from services.foundation.ids import ts_fields
 from services.referral import codes, conversions, leaderboard, partners, reviews
 from services.referral.conversions import ConversionCommand
 from services.referral.linking import Outcome, Proposal, link_all
 from services.referral.models import Conversion, ConversionReward, LinkState, Partner, PartnerProduct
-from services.referral.policy import PolicyBook
+from services.referral.policy import Policy, PolicyBook
 from services.referral.settings import ReferralSettings
-from services.referral.tree import path_rows
+from services.referral.tree import path_of_user
 
 KINDS: dict[int, str] = {
     api.USER_KIND_UNSPECIFIED: "customer",
@@ -137,6 +138,15 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         self.db = db
         self.book = book
         self.settings = settings
+        # Concurrent registrations share one unit of work (and one update of their common
+        # ancestors): a single SQLite writer keeps up, and PostgreSQL takes the link lock once.
+        self.registrations: MicroBatcher[Proposal, api.RegisterResponse] = MicroBatcher(
+            self._register_batch, name="register"
+        )
+
+    async def _register_batch(self, proposals: Sequence[Proposal]) -> Sequence[api.RegisterResponse | DomainError]:
+        policy = self.book.policy
+        return await self.db.run(lambda s: register_many(s, proposals, policy))
 
     # -- codes -----------------------------------------------------------------------------
 
@@ -170,7 +180,7 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
                 return run_once(
                     session,
                     operation="reissue_code",
-                    key=key,
+                    key=hashlib.sha256(f"{user_id}\0{key}".encode()).hexdigest(),  # keys are per user
                     request_hash=request_hash,
                     reply_type=api.IssueCodeResponse,
                     compute=compute,
@@ -216,16 +226,7 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
             device_hash=optional_text(request.device_hash, "device_hash"),
             phone_hash=optional_text(request.phone_hash, "phone_hash"),
         )
-        policy = self.book.policy
-
-        def register(session: Session) -> api.RegisterResponse:
-            [outcome] = link_all(session, [proposal], policy)
-            if outcome.state == "refused":
-                raise FailedPrecondition(f"{outcome.reason}: {outcome.message}")
-            partner = session.exec(select(Partner).where(Partner.user_id == proposal.user_id)).one()
-            return api.RegisterResponse(link=link_message(partner), replayed=outcome.state == "already")
-
-        return await self.db.run(register)
+        return await self.registrations.submit(proposal)
 
     async def ImportLinks(
         self, request_iterator: AsyncIterator[api.ImportLinksRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -248,7 +249,8 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         if header is None:
             raise InvalidArgument("header", "is required (batch_id)")
         batch_id = validation.required_text(header.batch_id, "batch_id", validation.MAX_KEY)
-        source = f"import:{batch_id}"[:160]
+        origin = header.source.strip()[:64]
+        source = (f"import:{origin}/{batch_id}" if origin else f"import:{batch_id}")[:160]
         now = utcnow()
         proposals: list[Proposal | None] = []
         refusals: list[api.ImportRefusal] = []
@@ -333,12 +335,12 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         def run(session: Session) -> api.ListReviewsResponse:
             query = select(Partner).where(Partner.link_state == LinkState.REVIEW)
             if after is not None:
-                query = query.where(col(Partner.id) > after)
-            found = session.exec(query.order_by(col(Partner.id)).limit(size + 1)).all()
+                query = query.where(col(Partner.link_seq) > after)
+            found = session.exec(query.order_by(col(Partner.link_seq)).limit(size + 1)).all()
             more = len(found) > size
             return api.ListReviewsResponse(
                 links=[link_message(p) for p in found[:size]],
-                next_page_token=validation.page_token(found[size - 1].id if more else None),
+                next_page_token=validation.page_token(found[size - 1].link_seq if more else None),
             )
 
         return await self.db.read(run)
@@ -399,12 +401,12 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
             partner = _partner(session, user_id)
             query = select(Partner).where(Partner.referrer == partner.id)
             if before is not None:
-                query = query.where(col(Partner.id) < before)
-            found = session.exec(query.order_by(col(Partner.id).desc()).limit(size + 1)).all()
+                query = query.where(col(Partner.link_seq) < before)
+            found = session.exec(query.order_by(col(Partner.link_seq).desc()).limit(size + 1)).all()
             more = len(found) > size
             return api.ListReferralsResponse(
                 links=[link_message(p) for p in found[:size]],
-                next_page_token=validation.page_token(found[size - 1].id if more else None),
+                next_page_token=validation.page_token(found[size - 1].link_seq if more else None),
             )
 
         return await self.db.read(run)
@@ -418,16 +420,17 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         limit = request.max_levels or 100
 
         def run(session: Session) -> api.GetPathToRootResponse:
-            partner = _partner(session, user_id)
-            rows = path_rows(session, partner.id, include_self=True, limit=limit + 1)
+            rows = path_of_user(session, user_id, limit=limit + 1)
+            if not rows:
+                _partner(session, user_id)  # NOT_FOUND for an unknown user; a root has an empty path
             steps = [
                 api.PathStep(
-                    user_id=row["user_id"],
-                    kind=KIND_ENUM.get(row["kind"], api.USER_KIND_CUSTOMER),
-                    level=row["level"],
-                    link_state=STATE_ENUM.get(below["link_state"], api.LINK_STATE_UNSPECIFIED),
+                    user_id=step_user,
+                    kind=KIND_ENUM.get(kind, api.USER_KIND_CUSTOMER),
+                    level=level,
+                    link_state=STATE_ENUM.get(below_state, api.LINK_STATE_UNSPECIFIED),
                 )
-                for below, row in itertools.pairwise(rows)
+                for step_user, kind, level, below_state in rows
             ]
             return api.GetPathToRootResponse(ancestors=steps[:limit], truncated=len(steps) > limit)
 
@@ -482,6 +485,38 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
             )
 
         return await self.db.read(run)
+
+
+def register_many(
+    session: Session, proposals: Sequence[Proposal], policy: Policy
+) -> list[api.RegisterResponse | DomainError]:
+    """Register's unit of work for a batch of calls: each gets its link, or its refusal."""
+    outcomes = link_all(session, proposals, policy)
+    replayed = [o.user_id for o in outcomes if o.state == "already"]
+    stored = (
+        {p.user_id: p for p in session.exec(select(Partner).where(col(Partner.user_id).in_(replayed)))}
+        if replayed
+        else {}
+    )
+    replies: list[api.RegisterResponse | DomainError] = []
+    for proposal, outcome in zip(proposals, outcomes, strict=True):
+        if outcome.state == "refused":
+            replies.append(FailedPrecondition(f"{outcome.reason}: {outcome.message}"))
+        elif outcome.state == "already":
+            replies.append(api.RegisterResponse(link=link_message(stored[outcome.user_id]), replayed=True))
+        else:
+            link = api.Link(
+                user_id=proposal.user_id,
+                referrer_id=outcome.referrer_id or "",
+                state=STATE_ENUM[outcome.state],
+                code=proposal.code or "",
+                flagged_by=outcome.flagged_by or "",
+                flag_reason=outcome.flag_reason or "",
+                linked_at=ts_fields(proposal.linked_at),
+                source=proposal.source,
+            )
+            replies.append(api.RegisterResponse(link=link))
+    return replies
 
 
 def _partner(session: Session, user_id: str) -> Partner:

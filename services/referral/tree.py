@@ -49,7 +49,10 @@ _NODE_COLUMNS = [
     "points_own",
     "points_below",
 ]
+# What an ancestor's update writes: its counters only.
+_COUNTER_COLUMNS = ["descendants", "direct", "height", "points_below", "updated_at"]
 _LINK_COLUMNS = [
+    "link_seq",
     "link_code",
     "link_source",
     "linked_at",
@@ -107,6 +110,7 @@ class Forest:
         self.by_id: dict[int, Node] = {}
         self.by_user: dict[str, Node] = {}
         self._next_id: int | None = None
+        self._next_seq: int | None = None
         self._attached: list[Node] = []  # children of new links, in order
         self._absent: set[str] = set()
 
@@ -144,6 +148,27 @@ class Forest:
             if row["id"] not in self.by_id:
                 self._keep(Node.from_row(row))
 
+    def load_paths(self, partner_ids: Sequence[int]) -> None:
+        """Load the ancestors of these partners, all in one recursive query (shared ones once)."""
+        columns = ", ".join(f"partner.{c}" for c in _NODE_COLUMNS)
+        wanted = [i for i in partner_ids if i in self.by_id and self.by_id[i].referrer not in self.by_id]
+        wanted = [self.by_id[i].referrer for i in wanted if self.by_id[i].referrer is not None]  # type: ignore[misc]
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            marks = ", ".join(f":p{n}" for n in range(len(chunk)))
+            sql = f"""
+                WITH RECURSIVE up(id) AS (
+                    SELECT id FROM partner WHERE id IN ({marks})
+                    UNION
+                    SELECT p.referrer FROM partner p JOIN up ON p.id = up.id WHERE p.referrer IS NOT NULL
+                )
+                SELECT {columns} FROM up JOIN partner ON partner.id = up.id
+            """
+            rows = self.session.execute(text(sql), {f"p{n}": v for n, v in enumerate(chunk)}).mappings()
+            for row in rows:
+                if row["id"] not in self.by_id:
+                    self._keep(Node.from_row(dict(row)))
+
     def ancestors(self, node: Node) -> Iterator[Node]:
         """The partners above `node`, nearest first, as they are in this unit (new links included)."""
         current = node
@@ -165,7 +190,10 @@ class Forest:
         child.referrer = parent.id
         child.link_state = state
         child.linked_referrer_id = parent.user_id
-        child.link = link
+        if self._next_seq is None:
+            self._next_seq = (self.session.execute(select(func.max(PARTNER.c.link_seq))).scalar() or 0) + 1
+        child.link = link | {"link_seq": self._next_seq}
+        self._next_seq += 1
         parent.direct += 1  # seen at once by the cycle checks of later links in the batch
         self._attached.append(child)
 
@@ -192,14 +220,14 @@ class Forest:
         connection = self.session.connection()
         if new_rows:
             connection.execute(PARTNER.insert(), new_rows)
-        counters = [r for r in updates if "link_code" not in r]
+        counters = [{k: r[k] for k in ("id", *_COUNTER_COLUMNS)} for r in updates if "link_code" not in r]
         linked = [r for r in updates if "link_code" in r]
-        for rows, names in ((counters, _NODE_COLUMNS[1:]), (linked, _NODE_COLUMNS[1:] + _LINK_COLUMNS)):
+        for rows, names in ((counters, _COUNTER_COLUMNS), (linked, [*_NODE_COLUMNS[1:], *_LINK_COLUMNS, "updated_at"])):
             if rows:
                 statement = (
                     update(PARTNER)
                     .where(PARTNER.c.id == bindparam("b_id"))
-                    .values({name: bindparam(f"b_{name}") for name in [*names, "updated_at"]})
+                    .values({name: bindparam(f"b_{name}") for name in names})
                 )
                 connection.execute(statement, [{f"b_{k}": v for k, v in r.items()} for r in rows])
         products = [
@@ -296,6 +324,25 @@ def path_rows(
         sql = _PATH.format(start="(SELECT referrer FROM partner WHERE id = :start)", first="1", columns=columns)
     rows = session.execute(text(sql), {"start": partner_id, "limit": limit}).mappings()
     return [dict(row) for row in rows if row["id"] is not None]
+
+
+_USER_PATH = text("""
+WITH RECURSIVE up(id, level, below_state) AS (
+    SELECT referrer, 1, link_state FROM partner WHERE user_id = :user_id AND referrer IS NOT NULL
+    UNION ALL
+    SELECT p.referrer, up.level + 1, p.link_state FROM partner p JOIN up ON p.id = up.id
+    WHERE p.referrer IS NOT NULL AND up.level < :limit
+)
+SELECT partner.user_id, partner.kind, up.level, up.below_state FROM up JOIN partner ON partner.id = up.id
+ORDER BY up.level
+""")
+
+
+def path_of_user(session: Session, user_id: str, *, limit: int) -> list[tuple[str, str, int, str]]:
+    """(user_id, kind, level, state of the link below it) of the partners above a user, nearest
+    first, at most `limit`: one query, the read path of GetPathToRoot."""
+    rows = session.execute(_USER_PATH, {"user_id": user_id, "limit": limit})
+    return [(u, k, int(level), state) for u, k, level, state in rows]
 
 
 def add_up_chain(

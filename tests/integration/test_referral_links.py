@@ -54,7 +54,7 @@ async def test_issue_code_is_stable_and_reissue_revokes(referral: ReferralUnderT
     assert "idempotency_key" in missing_key.value.details()
     new = await referral.stub.IssueCode(api.IssueCodeRequest(user_id=alice, reissue=True, idempotency_key="r1"))
     retried = await referral.stub.IssueCode(api.IssueCodeRequest(user_id=alice, reissue=True, idempotency_key="r1"))
-    assert new.code != first.code and retried.code == new.code
+    assert new.code != first.code and retried.code == new.code and retried.replayed and not new.replayed
 
     await refused(referral.register(uid(), first.code), "REVOKED_CODE")
     assert (await referral.register(uid(), new.code)).link.referrer_id == alice
@@ -129,3 +129,17 @@ async def test_hundred_concurrent_registrations_of_one_user_link_once(referral: 
     stats = await asyncio.gather(*(referral.stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=o)) for o in owners))
     assert sorted(s.size for s in stats) == [0] * 99 + [1]
     assert next(s for s in stats if s.size).user_id == winner
+
+
+async def test_referrals_are_listed_by_when_they_were_linked(referral: ReferralUnderTest) -> None:
+    owner, early_code_holder = uid("owner"), uid("x")
+    await referral.code(early_code_holder)  # a partner row before any link: its id is the oldest
+    code = await referral.code(owner)
+    later = [uid("y") for _ in range(3)]
+    for user in later:
+        await referral.register(user, code)
+    await referral.register(early_code_holder, code)
+    first = await referral.stub.ListReferrals(api.ListReferralsRequest(user_id=owner, page_size=2))
+    rest = await referral.stub.ListReferrals(api.ListReferralsRequest(user_id=owner, page_token=first.next_page_token))
+    listed = [link.user_id for link in [*first.links, *rest.links]]
+    assert listed == [early_code_holder, *reversed(later)] and not rest.next_page_token

@@ -81,6 +81,7 @@ def upgrade() -> None:
         sa.Column("linked_referrer_id", sa.String(length=64), nullable=True),
         sa.Column("link_code", sa.String(length=16), nullable=True),
         sa.Column("link_source", sa.String(length=160), nullable=True),
+        sa.Column("link_seq", sa.BigInteger(), nullable=True),
         sa.Column("linked_at", UTCDateTime(), nullable=True),
         sa.Column("device_hash", sa.String(length=128), nullable=True),
         sa.Column("phone_hash", sa.String(length=128), nullable=True),
@@ -102,9 +103,9 @@ def upgrade() -> None:
     with op.batch_alter_table("partner", schema=None) as batch_op:
         batch_op.create_index("ix_partner_device_linked", ["device_hash", "linked_at"], unique=False)
         batch_op.create_index("ix_partner_phone_linked", ["phone_hash", "linked_at"], unique=False)
-        batch_op.create_index("ix_partner_referrer_id", ["referrer", "id"], unique=False)
+        batch_op.create_index("ix_partner_referrer_seq", ["referrer", "link_seq"], unique=False)
         batch_op.create_index("ix_partner_referrer_linked", ["referrer", "linked_at"], unique=False)
-        batch_op.create_index("ix_partner_state_id", ["link_state", "id"], unique=False)
+        batch_op.create_index("ix_partner_state_seq", ["link_state", "link_seq"], unique=False)
 
     op.create_table(
         "link_refusal",
@@ -158,9 +159,9 @@ def downgrade() -> None:
 
     op.drop_table("link_refusal")
     with op.batch_alter_table("partner", schema=None) as batch_op:
-        batch_op.drop_index("ix_partner_state_id")
+        batch_op.drop_index("ix_partner_state_seq")
         batch_op.drop_index("ix_partner_referrer_linked")
-        batch_op.drop_index("ix_partner_referrer_id")
+        batch_op.drop_index("ix_partner_referrer_seq")
         batch_op.drop_index("ix_partner_phone_linked")
         batch_op.drop_index("ix_partner_device_linked")
 
