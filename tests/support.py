@@ -22,7 +22,7 @@ from nats.js.api import DeliverPolicy
 from sqlalchemy import MetaData
 
 from alliance.v1 import benefits_pb2, benefits_pb2_grpc, points_pb2, points_pb2_grpc
-from services.foundation.bus import EventBus
+from services.foundation.bus import EventBus, stream_config
 from services.foundation.db import Database
 from services.foundation.host import ServiceHost
 from services.points.settings import PointsSettings
@@ -294,13 +294,10 @@ async def published_for(js: nats.js.JetStreamContext, subject: str, message_type
 
 
 async def ensure_referral_stream(js: nats.js.JetStreamContext) -> None:
-    # The referral service owns this stream; until it exists, tests create it as it would.
-    await js.add_stream(name="REFERRAL", subjects=["referral.v1.>"], duplicate_window=600)
-
-
-async def ensure_referral_stream_as_its_host(nats_url: str) -> None:
     """The REFERRAL stream as the referral service's host makes it (create, or update to its
-    config). Unlike `ensure_referral_stream`, this works whether or not the referral service (its
-    tests share the session's NATS server) made the stream first."""
-    async with connected_bus(nats_url, name="test-referral-stream") as bus:
-        await bus.ensure_stream("referral")
+    config), whether or not a referral service on the session's NATS made it first."""
+    config = stream_config("referral")
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)

@@ -31,6 +31,16 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 DUPLICATE_WINDOW_SECONDS = 600
 
 
+def stream_config(domain: str, *, max_age_days: int = 30) -> StreamConfig:
+    """The stream of a domain's events, as its publisher's host creates it."""
+    return StreamConfig(
+        name=domain.upper(),
+        subjects=[f"{domain}.v1.>"],
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        max_age=max_age_days * 86400,
+    )
+
+
 def stream_for(subject: str) -> str:
     return subject.split(".", 1)[0].upper()
 
@@ -71,12 +81,7 @@ class EventBus:
     async def ensure_stream(self, domain: str, *, max_age_days: int = 30) -> None:
         """Create or update the stream of a domain (idempotent, safe from several replicas)."""
         assert self.js is not None
-        config = StreamConfig(
-            name=domain.upper(),
-            subjects=[f"{domain}.v1.>"],
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            max_age=max_age_days * 86400,
-        )
+        config = stream_config(domain, max_age_days=max_age_days)
         try:
             await self.js.add_stream(config)
         except BadRequestError:

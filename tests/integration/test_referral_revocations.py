@@ -22,7 +22,7 @@ from services.points.consumers.referral_revocations import reversal_key, revocat
 from services.points.models import PointsTransaction
 from tests.support import (
     PointsUnderTest,
-    ensure_referral_stream_as_its_host,
+    ensure_referral_stream,
     eventually,
     published_for,
     redeem_request,
@@ -140,7 +140,7 @@ async def awarded(
     points: PointsUnderTest, js: nats.js.JetStreamContext, event: referral_events_pb2.ReferralConverted, balance: int
 ) -> None:
     """Publish a conversion and wait until the referrer's balance is `balance`."""
-    await ensure_referral_stream_as_its_host(points.nats_url)
+    await ensure_referral_stream(js)
     await publish(js, event)
     await balance_becomes(points, event.referrer_id, balance)
 
@@ -218,7 +218,7 @@ async def test_revocation_before_its_conversion_is_applied_once_the_conversion_a
     points: PointsUnderTest, js: nats.js.JetStreamContext, user: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="alliance.inbox")
-    await ensure_referral_stream_as_its_host(points.nats_url)
+    await ensure_referral_stream(js)
     loan = converted(user, product="loan")
     revocation_event = revoked(loan)
     await publish(js, revocation_event)
@@ -251,7 +251,7 @@ async def test_revocation_before_its_conversion_is_applied_once_the_conversion_a
 async def test_level_2_conversion_earns_nothing_under_the_default_rules(
     points: PointsUnderTest, js: nats.js.JetStreamContext, user: str
 ) -> None:
-    await ensure_referral_stream_as_its_host(points.nats_url)
+    await ensure_referral_stream(js)
     deeper = converted(user, product="loan", level=2)
     await publish(js, deeper)
     earn = await eventually(lambda: earn_of(points, deeper))

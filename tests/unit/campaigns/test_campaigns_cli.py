@@ -74,7 +74,7 @@ def test_simulate_a_campaign_by_id(rules_dir: Path, tmp_path: Path, capsys: pyte
         tmp_path,
         event_type="referral.converted",
         occurred_at="2026-11-23T09:30:00+08:00",
-        attributes={"product": "credit_card"},
+        attributes={"product": "credit_card", "level": "1"},
     )
     assert run("simulate", "referral-autumn-2026", event, "--rules-dir", str(rules_dir)) == 0
     out = capsys.readouterr().out

@@ -73,12 +73,18 @@ def book() -> CampaignBook:
     [("loan", 100), ("credit_card", 50), ("mobile_banking", 20), ("pos_terminal", 80), ("qr_terminal", 80)],
 )
 def test_referral_points_per_product(book: CampaignBook, product: str, points: int) -> None:
-    evaluation = book.evaluate(EarnEvent("referral.converted", TODAY, None, {"product": product}))
+    evaluation = book.evaluate(EarnEvent("referral.converted", TODAY, None, {"product": product, "level": "1"}))
     (candidate,) = evaluation.candidates
     assert (candidate.campaign_id, candidate.points) == ("referral-autumn-2026", points)
     assert candidate.expires_at == datetime(2027, 11, 23, 4, 0, tzinfo=UTC)  # 365 days
     terms = candidate.campaign.points
     assert terms is not None and terms.budget and terms.caps.per_user_per_day and terms.caps.per_user_per_campaign
+
+
+def test_referral_points_are_for_the_direct_referrer_only(book: CampaignBook) -> None:
+    """Deeper levels earn only where a campaign file says so (the shipped one does not)."""
+    for attributes in ({"product": "loan", "level": "2"}, {"product": "loan"}):
+        assert not book.evaluate(EarnEvent("referral.converted", TODAY, None, attributes)).candidates
 
 
 def test_alliance_spending(book: CampaignBook) -> None:
