@@ -42,7 +42,9 @@ async def test_register_links_under_the_code_owner(referral: ReferralUnderTest) 
 
 async def test_issue_code_is_stable_and_reissue_revokes(referral: ReferralUnderTest) -> None:
     alice = uid("alice")
-    first = await referral.stub.IssueCode(api.IssueCodeRequest(user_id=alice, qr_images=[api.QR_FORMAT_SVG, api.QR_FORMAT_PNG]))
+    first = await referral.stub.IssueCode(
+        api.IssueCodeRequest(user_id=alice, qr_images=[api.QR_FORMAT_SVG, api.QR_FORMAT_PNG])
+    )
     assert first.issued and len(first.code) == 8 and not set(first.code) & set("01OIL")
     assert first.qr_payload.endswith(first.code) and "<svg" in first.qr_svg and first.qr_png.startswith(b"\x89PNG")
     same = await referral.stub.IssueCode(api.IssueCodeRequest(user_id=alice))
@@ -85,7 +87,9 @@ async def test_every_refusal_of_register(referral: ReferralUnderTest) -> None:
     ("field", "value", "problem"),
     [("user_id", "", "user_id: is required"), ("code", "O0O0IIII", "code: "), ("code", "", "code: is required")],
 )
-async def test_bad_register_input_names_the_field(referral: ReferralUnderTest, field: str, value: str, problem: str) -> None:
+async def test_bad_register_input_names_the_field(
+    referral: ReferralUnderTest, field: str, value: str, problem: str
+) -> None:
     request = {"user_id": uid(), "code": "ABCD2345"} | {field: value}
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await referral.stub.Register(api.RegisterRequest(**request))
@@ -113,7 +117,10 @@ async def test_velocity_rules_put_links_under_review_or_refuse(referral: Referra
     assert len(queue.links) == 1 and queue.next_page_token
     rest = await referral.stub.ListReviews(api.ListReviewsRequest(page_token=queue.next_page_token))
     flagged = {link.user_id: link.flagged_by for link in [*queue.links, *rest.links]}
-    assert flagged == {states[5].user_id: "test-referral/referrer-burst", device[2].user_id: "test-referral/shared-device"}
+    assert flagged == {
+        states[5].user_id: "test-referral/referrer-burst",
+        device[2].user_id: "test-referral/shared-device",
+    }
 
 
 async def test_hundred_concurrent_registrations_of_one_user_link_once(referral: ReferralUnderTest) -> None:
@@ -126,7 +133,9 @@ async def test_hundred_concurrent_registrations_of_one_user_link_once(referral: 
     assert len(linked) == 1 and len(errors) == 99, [r for r in results if not isinstance(r, grpc.aio.AioRpcError)]
     assert all(e.details().startswith("ALREADY_REFERRED") for e in errors)
     winner = linked[0].link.referrer_id
-    stats = await asyncio.gather(*(referral.stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=o)) for o in owners))
+    stats = await asyncio.gather(
+        *(referral.stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=o)) for o in owners)
+    )
     assert sorted(s.size for s in stats) == [0] * 99 + [1]
     assert next(s for s in stats if s.size).user_id == winner
 
