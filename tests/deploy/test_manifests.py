@@ -23,9 +23,9 @@ from services.registry import SERVICES
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = sorted(p for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
-RULES_SOURCE = REPO / "rules" / "campaigns"
-RULES_COPY = DEPLOY / "base" / "rules" / "campaigns"
-RULES_CONFIGMAP = "alliance-rules-campaigns"
+# Each kind of rule file, mounted from a ConfigMap of its own (deploy/base/rules).
+RULE_DIRS = ["campaigns", "referral"]
+rules_param = pytest.mark.parametrize("kind", RULE_DIRS)
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod", "CronJob"}
 
@@ -175,10 +175,11 @@ def test_services_have_grpc_probes_and_drain_in_time(kubectl: str, overlay: Path
 
 
 @overlay_param
-def test_rules_configmap_has_no_hash_suffix(kubectl: str, overlay: Path) -> None:
+@rules_param
+def test_rules_configmap_has_no_hash_suffix(kubectl: str, overlay: Path, kind: str) -> None:
     """Rules are hot-reloaded from the mount: a hash suffix would roll every pod on each edit."""
     names = [cm["metadata"]["name"] for cm in by_kind(documents(kubectl, overlay), "ConfigMap")]
-    assert RULES_CONFIGMAP in names, f"{overlay.name}: no ConfigMap {RULES_CONFIGMAP} in {names}"
+    assert f"alliance-rules-{kind}" in names, f"{overlay.name}: no ConfigMap alliance-rules-{kind} in {names}"
 
 
 def test_production_reads_database_url_from_a_secret(kubectl: str) -> None:
@@ -191,23 +192,26 @@ def test_production_reads_database_url_from_a_secret(kubectl: str) -> None:
         assert "value" not in env["DATABASE_URL"], f"{label}: DATABASE_URL must not be a literal value"
         ref = env["DATABASE_URL"].get("valueFrom", {}).get("secretKeyRef")
         assert ref, f"{label}: DATABASE_URL must come from a secretKeyRef"
-        if label.startswith("Deployment/points "):
-            assert ref == {"name": "alliance-points-db", "key": "url"}, f"{label}: {ref}"
+        service = label.removeprefix("Deployment/").split(" ", 1)[0]
+        if service in SERVICES:  # each service its own database, its own Secret
+            assert ref == {"name": f"alliance-{service}-db", "key": "url"}, f"{label}: {ref}"
     assert not by_kind(docs, "Secret"), "production must not ship Secrets: they are created out of band"
 
 
-def test_rules_configmap_copy_matches_rules_dir() -> None:
-    """deploy/base/rules/campaigns/ is a copy of rules/campaigns/ (kustomize cannot read ../../rules)."""
-    fix = "run `make deploy-rules` to copy rules/campaigns into deploy/base/rules"
-    source = {p.name: p.read_bytes() for p in RULES_SOURCE.glob("*.yaml")}
-    copy = {p.name: p.read_bytes() for p in RULES_COPY.glob("*.yaml")}
-    assert sorted(copy) == sorted(source), f"rule files differ: {fix}"
+@rules_param
+def test_rules_configmap_copy_matches_rules_dir(kind: str) -> None:
+    """deploy/base/rules/<kind>/ is a copy of rules/<kind>/ (kustomize cannot read ../../rules)."""
+    fix = f"run `make deploy-rules` to copy rules/{kind} into deploy/base/rules"
+    source = {p.name: p.read_bytes() for p in (REPO / "rules" / kind).glob("*.yaml")}
+    copy_dir = DEPLOY / "base" / "rules" / kind
+    copy = {p.name: p.read_bytes() for p in copy_dir.glob("*.yaml")}
+    assert source and sorted(copy) == sorted(source), f"rule files differ: {fix}"
     changed = [name for name in source if source[name] != copy[name]]
-    assert not changed, f"{changed} differ from rules/campaigns: {fix}"
-    kustomization = yaml.safe_load((RULES_COPY.parent / "kustomization.yaml").read_text())
-    generator = next(g for g in kustomization["configMapGenerator"] if g["name"] == RULES_CONFIGMAP)
+    assert not changed, f"{changed} differ from rules/{kind}: {fix}"
+    kustomization = yaml.safe_load((copy_dir.parent / "kustomization.yaml").read_text())
+    generator = next(g for g in kustomization["configMapGenerator"] if g["name"] == f"alliance-rules-{kind}")
     assert generator["options"]["disableNameSuffixHash"] is True
-    assert sorted(generator["files"]) == sorted(f"campaigns/{name}" for name in source), f"files: list stale: {fix}"
+    assert sorted(generator["files"]) == sorted(f"{kind}/{name}" for name in source), f"files: list stale: {fix}"
 
 
 @overlay_param
