@@ -79,15 +79,25 @@ _CHUNK = 1000  # links per ImportChunk message of a batch
 
 
 class _Help(argparse.HelpFormatter):
-    """Wraps each plain line of a description or epilog; keeps indented lines (examples) as they are."""
+    """Refills prose paragraphs of a description or epilog; keeps indented lines (examples) as they are."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        lines = []
+        # Prose paragraphs are refilled whole; indented lines (examples) are kept as written.
+        lines: list[str] = []
+        prose: list[str] = []
+
+        def flush() -> None:
+            if prose:
+                lines.append(super(_Help, self)._fill_text(" ".join(prose), width, indent))
+                prose.clear()
+
         for line in text.splitlines():
-            if not line.strip() or line[0].isspace():
-                lines.append(indent + line)
-            else:
-                lines.append(super()._fill_text(line, width, indent))
+            if line.strip() and not line[0].isspace():
+                prose.append(line.strip())
+                continue
+            flush()
+            lines.append(indent + line)
+        flush()
         return "\n".join(lines)
 
 
