@@ -161,24 +161,27 @@ async def measure_tree(
     url: str, label: str, tree: Tree, work: Path, nats: EmbeddedNats, empty_call
 ) -> tuple[TreeFigures, ServiceProcess]:  # type: ignore[no-untyped-def]
     service = start_service(work, nats, url, label)
-    await service.wait_serving(timeout=60)
-    channel = grpc.aio.insecure_channel(service.address, options=[("grpc.max_receive_message_length", 64 << 20)])
-    stub = referral_pb2_grpc.ReferralServiceStub(channel)
-    run = uuid.uuid4().hex[:6]
-    print(f"{label}: building a {tree.n:,}-user tree through ImportLinks", flush=True)
-    seconds = await build(stub, tree, run)
-    big = tree.near(100_000)
-    deepest = max(range(tree.n), key=lambda i: tree.depth[i])
-    check = await stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=user(big)))
-    assert check.size == tree.size[big], (check.size, tree.size[big])
-    stats = await timed(lambda i: stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=user(big))), 300)
-    path_check = await stub.GetPathToRoot(api.GetPathToRootRequest(user_id=user(deepest), max_levels=10_000))
-    assert len(path_check.ancestors) == tree.depth[deepest]
-    path = await timed(
-        lambda i: stub.GetPathToRoot(api.GetPathToRootRequest(user_id=user(deepest), max_levels=10_000)), 300
-    )
-    empty = await timed(empty_call, 300)
-    await channel.close()
+    try:
+        await service.wait_serving(timeout=60)
+        channel = grpc.aio.insecure_channel(service.address, options=[("grpc.max_receive_message_length", 64 << 20)])
+        stub = referral_pb2_grpc.ReferralServiceStub(channel)
+        run = uuid.uuid4().hex[:6]
+        print(f"{label}: building a {tree.n:,}-user tree through ImportLinks", flush=True)
+        seconds = await build(stub, tree, run)
+        big = tree.near(100_000)
+        deepest = max(range(tree.n), key=lambda i: tree.depth[i])
+        check = await stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=user(big)))
+        assert check.size == tree.size[big], (check.size, tree.size[big])
+        stats = await timed(lambda i: stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=user(big))), 300)
+        deep_path = api.GetPathToRootRequest(user_id=user(deepest), max_levels=10_000)
+        path_check = await stub.GetPathToRoot(deep_path)
+        assert len(path_check.ancestors) == tree.depth[deepest]
+        path = await timed(lambda i: stub.GetPathToRoot(deep_path), 300)
+        empty = await timed(empty_call, 300)
+        await channel.close()
+    except BaseException:
+        service.terminate()
+        raise
     figures = TreeFigures(
         label, tree.n, seconds, database_size(url), tree.size[big], stats, tree.depth[deepest], path, empty
     )
