@@ -54,6 +54,9 @@ class Recorded:
 
 
 def record(session: Session, cmd: ConversionCommand, policy: Policy, *, source: str) -> Recorded:
+    # The lock first: two deliveries of one business (an event and a call, two replicas) then
+    # see each other, and the second replays instead of failing on the unique reference.
+    lock_links(session)
     existing = session.exec(select(Conversion).where(Conversion.business_ref == cmd.business_ref)).first()
     if existing is not None:
         if existing.request_hash != cmd.request_hash:
@@ -61,7 +64,6 @@ def record(session: Session, cmd: ConversionCommand, policy: Policy, *, source: 
                 f"business_ref: {cmd.business_ref} was already recorded for a different conversion ({existing.id})"
             )
         return Recorded(existing, rewards_of(session, existing.id), replayed=True)
-    lock_links(session)
     partner = session.exec(select(Partner).where(Partner.user_id == cmd.user_id)).first()
     if partner is None or partner.link_state in (LinkState.NONE, LinkState.REJECTED):
         state = ConversionState.UNATTRIBUTED
@@ -237,10 +239,10 @@ def rewards_of(session: Session, conversion_id: str) -> list[ConversionReward]:
 def add_points(session: Session, *, event_id: str, transaction_id: str, points: int) -> bool:
     """points.v1.awarded for a referral.v1.converted event: the referrer's referral points and the
     `points_below` of everyone above. False when the event is not one of ours."""
+    lock_links(session)
     reward_row = session.exec(select(ConversionReward).where(ConversionReward.event_id == event_id)).first()
     if reward_row is None:
         return False
-    lock_links(session)
     reward_row.points += points
     reward_row.points_transaction_id = transaction_id
     session.add(reward_row)
@@ -250,12 +252,12 @@ def add_points(session: Session, *, event_id: str, transaction_id: str, points: 
 
 def take_points(session: Session, *, transaction_id: str, points: int) -> bool:
     """points.v1.reversed of an award we recorded: the same counters, down."""
+    lock_links(session)
     reward_row = session.exec(
         select(ConversionReward).where(ConversionReward.points_transaction_id == transaction_id)
     ).first()
     if reward_row is None:
         return False
-    lock_links(session)
     reward_row.points -= points
     session.add(reward_row)
     _points_up_chain(session, reward_row.referrer_id, -points)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -60,6 +60,25 @@ def kind_of(value: int, name: str = "kind") -> str:
     if value not in KINDS:
         raise InvalidArgument(name, f"unknown user kind {value}")
     return KINDS[value]
+
+
+REGISTER_BACKDATE = timedelta(days=1)
+
+
+def registered_at(request: api.RegisterRequest, now: datetime) -> datetime:
+    """When the user registered: now by default. A day back at most: velocity rules count by this
+    time, and older history is what ImportLinks is for."""
+    when = validation.timestamp(
+        request.registered_at,
+        "registered_at",
+        present=request.HasField("registered_at"),
+        now=now,
+        required=False,
+        future=False,
+    )
+    if when < now - REGISTER_BACKDATE:
+        raise InvalidArgument("registered_at", "is more than a day ago; import older links with ImportLinks")
+    return when
 
 
 def optional_text(value: str, name: str, max_len: int = MAX_HASH) -> str | None:
@@ -214,14 +233,7 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
             user_id=validation.required_text(request.user_id, "user_id"),
             kind=kind_of(request.kind),
             code=code_of(request.code),
-            linked_at=validation.timestamp(
-                request.registered_at,
-                "registered_at",
-                present=request.HasField("registered_at"),
-                now=now,
-                required=False,
-                future=False,
-            ),
+            linked_at=registered_at(request, now),
             source="register",
             device_hash=optional_text(request.device_hash, "device_hash"),
             phone_hash=optional_text(request.phone_hash, "phone_hash"),

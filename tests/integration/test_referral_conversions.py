@@ -4,6 +4,7 @@ it is delivered; leaderboards."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -235,3 +236,14 @@ async def test_leaderboards_rank_customers_and_employees_apart(referral: Referra
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await referral.stub.GetLeaderboard(api.GetLeaderboardRequest(campaign="no-such"))
     assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT and unknown.value.details().startswith("campaign")
+
+
+async def test_concurrent_reports_of_one_business_make_one_conversion(referral: ReferralUnderTest) -> None:
+    alice, bob = uid("alice"), uid("bob")
+    await referral.refer(alice, bob)
+    request = api.RecordConversionRequest(business_ref=uid("same"), user_id=bob, product="loan")
+    replies = await asyncio.gather(*(referral.stub.RecordConversion(request) for _ in range(20)))
+    assert len({r.conversion.conversion_id for r in replies}) == 1
+    assert sorted(r.replayed for r in replies) == [False] + [True] * 19
+    stats = await referral.stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=alice))
+    assert [(c.product, c.conversions) for c in stats.conversions] == [("loan", 1)]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from alliance.v1 import referral_pb2 as api
 from tests.integration.conftest import ReferralUnderTest
@@ -152,3 +154,13 @@ async def test_referrals_are_listed_by_when_they_were_linked(referral: ReferralU
     rest = await referral.stub.ListReferrals(api.ListReferralsRequest(user_id=owner, page_token=first.next_page_token))
     listed = [link.user_id for link in [*first.links, *rest.links]]
     assert listed == [early_code_holder, *reversed(later)] and not rest.next_page_token
+
+
+async def test_register_is_not_backdated_past_a_day(referral: ReferralUnderTest) -> None:
+    code = await referral.code(uid("owner"))
+    old = Timestamp()
+    old.FromDatetime(datetime.now(UTC) - timedelta(days=2))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await referral.register(uid(), code, registered_at=old)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("registered_at") and "ImportLinks" in caught.value.details()
