@@ -7,6 +7,7 @@ import base64
 import binascii
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -98,6 +99,33 @@ def _amount_problem(text: str) -> str:
     return f"{text!r} is not a decimal number (digits 0-9, then optionally '.' and 1 or 2 digits, like 12.50)"
 
 
+# -- attributes of business events -------------------------------------------------------------
+
+_ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_VALUE = 256
+
+
+def attributes(
+    values: Mapping[str, str], *, reserved: frozenset[str] = frozenset(), name: str = "attributes"
+) -> dict[str, str]:
+    """Free-form attributes of a business event (product, branch, channel, ...), the same rules in
+    every service: they travel from one to the next in events, and what one accepts the next must
+    too. Names are lower_snake_case; `reserved` names are set by the service itself."""
+    if len(values) > MAX_ATTRIBUTES:
+        raise InvalidArgument(name, f"has more than {MAX_ATTRIBUTES} entries")
+    checked = {}
+    for key, value in values.items():
+        if not _ATTRIBUTE_NAME.fullmatch(key) or len(key) > MAX_ID:
+            raise InvalidArgument(f"{name}[{key}]", "name must be lower_snake_case, at most 64 characters")
+        if key in reserved:
+            raise InvalidArgument(f"{name}[{key}]", f"is reserved (set by the service: {', '.join(sorted(reserved))})")
+        if len(value) > MAX_ATTRIBUTE_VALUE:
+            raise InvalidArgument(f"{name}[{key}]", f"is longer than {MAX_ATTRIBUTE_VALUE} characters")
+        checked[key] = value
+    return checked
+
+
 # -- pages ---------------------------------------------------------------------------------------
 # Lists are paged by a position (an increasing row id): stable while rows are added, unlike an
 # offset. The token is opaque to callers and versioned, so its form can change.
@@ -130,6 +158,9 @@ def page_position(token: str) -> int | None:
         version, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
         if version != "v1":
             raise ValueError(version)
-        return int(value)
+        position = int(value)
+        if not 0 <= position < 2**63:  # a database integer
+            raise ValueError(value)
+        return position
     except (ValueError, binascii.Error, UnicodeDecodeError) as error:
         raise InvalidArgument("page_token", "is not a token this service gave out") from error

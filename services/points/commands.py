@@ -15,15 +15,15 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
+from services.foundation import validation
 from services.foundation.errors import InvalidArgument
 from services.foundation.idempotency import command_hash
-from services.foundation.validation import MAX_ID, required_text
+from services.foundation.validation import required_text
 from services.points.campaigns.evaluation import EarnEvent
 
 MAX_POINTS = 10**12
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
-_ATTRIBUTE = re.compile(r"^[a-z][a-z0-9_]*$")
-RESERVED_ATTRIBUTES = {"event", "amount"}
+RESERVED_ATTRIBUTES = frozenset({"event", "amount"})  # the event_type and amount fields
 
 
 @dataclass(frozen=True)
@@ -87,18 +87,7 @@ def _hash_of(operation: str, command: Any) -> str:
 
 
 def attributes(values: Mapping[str, str]) -> dict[str, str]:
-    if len(values) > 32:
-        raise InvalidArgument("attributes", "has more than 32 entries")
-    checked = {}
-    for key, value in values.items():
-        if not _ATTRIBUTE.match(key) or len(key) > MAX_ID:
-            raise InvalidArgument(f"attributes[{key}]", "name must be lower_snake_case, at most 64 characters")
-        if key in RESERVED_ATTRIBUTES:
-            raise InvalidArgument(f"attributes[{key}]", "is reserved; use the event_type and amount fields")
-        if len(value) > 256:
-            raise InvalidArgument(f"attributes[{key}]", "is longer than 256 characters")
-        checked[key] = value
-    return checked
+    return validation.attributes(values, reserved=RESERVED_ATTRIBUTES)
 
 
 def event_type(value: str) -> str:

@@ -305,6 +305,7 @@ def reverse(session: Session, cmd: ReverseCommand) -> api.ReverseResponse:
             transaction_id=txn_id,
             user_id=original.user_id,
             reversed_transaction_id=original.id,
+            reversed_source_event=original.idempotency_key or "",
             reversed_kind=kind,
             points=change,
             shortfall=shortfall,

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from alliance.v1 import referral_events_pb2
@@ -28,6 +29,10 @@ from services.referral.models import Conversion, ConversionReward, ConversionSta
 from services.referral.policy import Policy
 from services.referral.tree import add_up_chain, lock_links, path_rows
 
+# Set by the events themselves: referral.v1.converted carries them as fields, and the points
+# service adds them to the earn's attributes.
+RESERVED_ATTRIBUTES = frozenset({"product", "level", "referred_id", "conversion_id", "event", "amount"})
+
 
 @dataclass(frozen=True)
 class ConversionCommand:
@@ -36,14 +41,13 @@ class ConversionCommand:
     product: str
     occurred_at: datetime
     attributes: Mapping[str, str] = field(default_factory=dict)
-    occurred_at_given: bool = True  # else it is the time of the call: a retry must not differ by it
 
     @property
     def request_hash(self) -> str:
-        fields = {**self.__dict__, "attributes": dict(self.attributes)}
-        if not self.occurred_at_given:
-            fields["occurred_at"] = None
-        return command_hash("conversion", fields)
+        # Who completed what: the business itself. Its time and attributes may differ between the
+        # two paths that report it (a call without occurred_at, core banking's event with it): the
+        # first report is kept, and the second is the same business, not a conflict.
+        return command_hash("conversion", {"user_id": self.user_id, "product": self.product})
 
 
 @dataclass(frozen=True)
@@ -110,19 +114,18 @@ def reward(session: Session, conversion: Conversion, partner: Partner | None, po
                 conversion_id=conversion.id,
             ),
         )
-        rewards.append(
-            ConversionReward(conversion_id=conversion.id, level=level, referrer_id=row["user_id"], event_id=event_id)
-        )
+        counted = None
         if level == 1:
-            leaderboard.count(
-                session,
-                user_id=row["user_id"],
-                kind=row["kind"],
-                when=conversion.occurred_at,
-                tz=policy.timezone,
-                campaigns=policy.campaigns_at(conversion.occurred_at),
-                delta=1,
+            on = leaderboard.boards(
+                conversion.occurred_at, policy.timezone, policy.campaigns_at(conversion.occurred_at)
             )
+            leaderboard.count(session, user_id=row["user_id"], kind=row["kind"], on=on, delta=1)
+            counted = json.dumps({"kind": row["kind"], "boards": on})
+        rewards.append(
+            ConversionReward(
+                conversion_id=conversion.id, level=level, referrer_id=row["user_id"], event_id=event_id, counted=counted
+            )
+        )
         if row["link_state"] != LinkState.ACTIVE:  # a flagged partner passes nothing further up
             break
     session.add_all(rewards)
@@ -143,7 +146,7 @@ def release_held(session: Session, partner: Partner, policy: Policy) -> int:
     return len(held)
 
 
-def revoke_through(session: Session, partner: Partner, policy: Policy, reason: str) -> int:
+def revoke_through(session: Session, partner: Partner, reason: str) -> int:
     """The link above `partner` was rejected: revoke every reward paid through it (the partner's
     own conversions at every level; a partner d levels below it, the levels above d), publishing
     referral.v1.conversion_revoked for each conversion. Held conversions are dropped. Returns the
@@ -155,7 +158,9 @@ def revoke_through(session: Session, partner: Partner, policy: Policy, reason: s
         held.state, held.updated_at = ConversionState.REVOKED, now
         session.add(held)
     revoked = 0
-    for user_id, distance in _within(session, partner, policy.levels - 1):
+    # As deep as rewards were ever paid, not as deep as the rules pay now: they may have changed.
+    deepest = session.exec(select(func.max(ConversionReward.level))).first() or 1
+    for user_id, distance in _within(session, partner, deepest - 1):
         for conversion in session.exec(
             select(Conversion).where(Conversion.user_id == user_id, Conversion.state == ConversionState.REWARDED)
         ).all():
@@ -163,7 +168,7 @@ def revoke_through(session: Session, partner: Partner, policy: Policy, reason: s
             if not taken:
                 continue
             revoked += 1
-            _revoke(session, conversion, taken, policy, reason, whole=distance == 0)
+            _revoke(session, conversion, taken, reason, whole=distance == 0)
     session.flush()
     return revoked
 
@@ -172,7 +177,6 @@ def _revoke(
     session: Session,
     conversion: Conversion,
     taken: Sequence[ConversionReward],
-    policy: Policy,
     reason: str,
     *,
     whole: bool,
@@ -181,17 +185,10 @@ def _revoke(
     for item in taken:
         item.revoked = True
         session.add(item)
-        if item.level == 1:
-            kind = session.exec(select(Partner.kind).where(Partner.user_id == item.referrer_id)).first() or "customer"
-            leaderboard.count(
-                session,
-                user_id=item.referrer_id,
-                kind=kind,
-                when=conversion.occurred_at,
-                tz=policy.timezone,
-                campaigns=policy.campaigns_at(conversion.occurred_at),
-                delta=-1,
-            )
+        if item.counted:
+            counted = json.loads(item.counted)
+            on = [(key, campaign) for key, campaign in counted["boards"]]
+            leaderboard.count(session, user_id=item.referrer_id, kind=counted["kind"], on=on, delta=-1)
     if whole:
         conversion.state, conversion.updated_at = ConversionState.REVOKED, now
         session.add(conversion)
@@ -250,14 +247,19 @@ def add_points(session: Session, *, event_id: str, transaction_id: str, points: 
     return True
 
 
-def take_points(session: Session, *, transaction_id: str, points: int) -> bool:
-    """points.v1.reversed of an award we recorded: the same counters, down."""
+class AwardNotYetSeen(Exception):
+    """A reversal of an award whose points.v1.awarded has not been applied here yet (the two
+    subjects have consumers of their own, so either may come first): retried, not dropped."""
+
+
+def take_points(session: Session, *, event_id: str, points: int) -> bool:
+    """points.v1.reversed of an earn of our referral.v1.converted event: the same counters, down."""
     lock_links(session)
-    reward_row = session.exec(
-        select(ConversionReward).where(ConversionReward.points_transaction_id == transaction_id)
-    ).first()
+    reward_row = session.exec(select(ConversionReward).where(ConversionReward.event_id == event_id)).first()
     if reward_row is None:
         return False
+    if reward_row.points_transaction_id is None:
+        raise AwardNotYetSeen(f"the award of {event_id} has not been applied yet")
     reward_row.points -= points
     session.add(reward_row)
     _points_up_chain(session, reward_row.referrer_id, -points)

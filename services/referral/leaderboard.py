@@ -36,20 +36,18 @@ def period_key(period: str, when: datetime, tz: ZoneInfo) -> str:
     raise ValueError(period)
 
 
-def count(
-    session: Session, *, user_id: str, kind: str, when: datetime, tz: ZoneInfo, campaigns: Iterable[str], delta: int
-) -> None:
+def boards(when: datetime, tz: ZoneInfo, campaigns: Iterable[str]) -> list[tuple[str, str]]:
+    """The (period key, campaign) boards a conversion at `when` counts on; "" is all conversions."""
+    return [(period_key(period, when, tz), campaign) for period in PERIODS for campaign in ["", *campaigns]]
+
+
+def count(session: Session, *, user_id: str, kind: str, on: Iterable[tuple[str, str]], delta: int) -> None:
+    """Add `delta` conversions to a partner on these boards. A revocation takes back from exactly
+    the boards its conversion was counted on (stored with the reward), whatever the rules say now."""
     connection = session.connection()
     rows = [
-        {
-            "period_key": period_key(period, when, tz),
-            "campaign": campaign,
-            "kind": kind,
-            "user_id": user_id,
-            "conversions": delta,
-        }
-        for period in PERIODS
-        for campaign in ["", *campaigns]
+        {"period_key": key, "campaign": campaign, "kind": kind, "user_id": user_id, "conversions": delta}
+        for key, campaign in on
     ]
     connection.execute(
         insert_or_add(connection, BOARD, ["period_key", "campaign", "kind", "user_id"], ["conversions"]), rows

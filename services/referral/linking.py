@@ -13,11 +13,11 @@ Earlier links of the same batch count in every check, as if they had been regist
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlmodel import Session, col
@@ -99,6 +99,13 @@ def _link_one(forest: Forest, codes: dict[str, ReferralCode], velocity: Velocity
         if code is None:
             return refuse(Refusal.UNKNOWN_CODE, f"code: no referral code {p.code}")
         if not code.active:
+            linked = forest.user(p.user_id)
+            if (
+                linked is not None
+                and linked.link_state != LinkState.REJECTED
+                and linked.linked_referrer_id == code.user_id
+            ):
+                return Outcome("already", p.user_id, code.user_id)  # a retry after the owner reissued
             return refuse(Refusal.REVOKED_CODE, f"code: {p.code} was revoked", code.user_id)
         if referrer_id and referrer_id != code.user_id:
             return refuse(Refusal.INVALID, f"code: {p.code} belongs to {code.user_id}, not referrer {referrer_id}")
@@ -184,6 +191,19 @@ def _load_codes(session: Session, codes: list[str]) -> dict[str, ReferralCode]:
     return found
 
 
+def busiest_window(times: Sequence[datetime], at: datetime, within: timedelta) -> int:
+    """The most registrations, this one at `at` included, in any window of length `within` that
+    contains it. Registrations stamped after it count too: the order they arrive in (an unsorted
+    import, events delivered late, a backdated call) must not decide whether a rule fires."""
+    first = bisect_left(times, at - within)
+    last = bisect_right(times, at + within)
+    around = times[first:last]
+    split = bisect_right(around, at)
+    # A window [s, s + within] holding `at` starts at `at` or at an earlier registration s.
+    starts = [t for t in around[:split] if t >= at - within] + [at]
+    return max(bisect_right(around, start + within) - bisect_left(around, start) + 1 for start in starts)
+
+
 class Velocity:
     """Counts registrations sharing a referrer, device or phone within each rule's window: those
     in the database (read once per batch, for every key the batch has, over the batch's time span)
@@ -208,7 +228,7 @@ class Velocity:
             if not keyed:
                 continue
             low = min(p.linked_at for p, _ in keyed) - window
-            high = max(p.linked_at for p, _ in keyed)
+            high = max(p.linked_at for p, _ in keyed) + window
             values: dict[object, str] = {}
             for _, key in keyed:
                 if per != "referrer":
@@ -234,11 +254,10 @@ class Velocity:
             key = self._key(rule.per, p, referrer_id)
             if not key:
                 continue
-            times = self.times.get((rule.per, key), [])
-            count = bisect_right(times, p.linked_at) - bisect_right(times, p.linked_at - rule.within)
-            if count + 1 > rule.max:
+            busiest = busiest_window(self.times.get((rule.per, key), []), p.linked_at, rule.within)
+            if busiest > rule.max:
                 what = {"referrer": f"under {referrer_id}", "device": "on this device", "phone": "with this phone"}
-                return rule, f"{count + 1} registrations {what[rule.per]} within {rule.within_text} (max {rule.max})"
+                return rule, f"{busiest} registrations {what[rule.per]} within {rule.within_text} (max {rule.max})"
         return None
 
     def record(self, p: Proposal, referrer_id: str) -> None:

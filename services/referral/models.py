@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -47,6 +47,7 @@ class Partner(ReferralTable, table=True):
     __table_args__ = (
         Index("ix_partner_referrer_seq", "referrer", "link_seq"),  # direct referrals, newest first
         Index("ix_partner_state_seq", "link_state", "link_seq"),  # the review queue, oldest first
+        Index("ix_partner_link_seq", "link_seq"),  # the next link's number: max(link_seq)
         Index("ix_partner_device_linked", "device_hash", "linked_at"),
         Index("ix_partner_phone_linked", "phone_hash", "linked_at"),
         Index("ix_partner_referrer_linked", "referrer", "linked_at"),
@@ -127,7 +128,7 @@ class Conversion(ReferralTable, table=True):
     product: str = Field(max_length=64)
     state: str = Field(max_length=16)
     source: str = Field(max_length=64)  # api | the consumed event's subject
-    attributes: str = Field(default="{}", max_length=4000)  # JSON, passed on in the events
+    attributes: str = Field(default="{}", sa_type=Text)  # JSON, passed on in the events
     occurred_at: datetime = Field(sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -140,12 +141,14 @@ class ConversionReward(ReferralTable, table=True):
     __table_args__ = (UniqueConstraint("event_id", name="uq_conversion_reward_event"),)
 
     conversion_id: str = Field(primary_key=True, max_length=32)
-    level: int = Field(primary_key=True)
+    level: int = Field(primary_key=True, index=True)  # max(level): how deep a rejection must look
     referrer_id: str = Field(max_length=64, index=True)
     event_id: str = Field(max_length=64)
     revoked: bool = False
     points: int = 0  # what the points service awarded for it (points.v1.awarded)
     points_transaction_id: str | None = Field(default=None, max_length=32, index=True)
+    # Level 1: {"kind", "boards": [[period key, campaign], ...]} it was counted on, to take back exactly.
+    counted: str | None = Field(default=None, sa_type=Text)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

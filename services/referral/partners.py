@@ -18,16 +18,21 @@ class Issued:
     issued: bool
 
 
-def issue_code(session: Session, user_id: str, kind: str, *, reissue: bool) -> Issued:
-    """The user's active code; a new one if there is none (or `reissue`: the old one revoked)."""
+def issue_code(session: Session, user_id: str, kind: str | None, *, reissue: bool) -> Issued:
+    """The user's active code; a new one if there is none (or `reissue`: the old one revoked).
+    `kind`, when given, is recorded (corrected if the partner was first seen as another kind:
+    an import names referrers without always knowing their kind)."""
     lock_links(session)  # partner ids are handed out under the link lock
     forest = Forest(session)
     node = forest.user(user_id)
     if node is None:
-        node = forest.create(user_id, kind)
+        node = forest.create(user_id, kind or "customer")
         forest.write()
     partner = session.get(Partner, node.id)
     assert partner is not None
+    if kind is not None and partner.kind != kind:
+        partner.kind, partner.updated_at = kind, utcnow()
+        session.add(partner)
     if partner.code is not None:
         current = session.get(ReferralCode, partner.code)
         assert current is not None
@@ -44,6 +49,7 @@ def issue_code(session: Session, user_id: str, kind: str, *, reissue: bool) -> I
 
 
 def revoke_code(session: Session, user_id: str, reason: str) -> str | None:
+    lock_links(session)  # against a reissue of the same user's code in flight
     partner = session.exec(select(Partner).where(Partner.user_id == user_id)).first()
     if partner is None or partner.code is None:
         return None

@@ -20,6 +20,7 @@ from services.foundation.rules.errors import RuleFileError, format_path
 from services.foundation.rules.located_yaml import LineIndex
 
 SCHEMA_FILE = "referral.schema.json"
+MAX_RULE_ID = 64
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 
@@ -142,6 +143,11 @@ class _Builder:
         velocity = [self._rule(policy_id, i, raw) for i, raw in enumerate(_list(data.get("velocity")))]
         seen: set[str] = set()
         for i, rule in enumerate(velocity):
+            if len(rule.id) > MAX_RULE_ID:  # stored as "policy/rule" on every link it flags
+                self.fail(
+                    ("velocity", i, "rule"),
+                    f"policy and rule id together ('{rule.id}') exceed {MAX_RULE_ID} characters",
+                )
             if rule.id in seen:
                 self.fail(("velocity", i, "rule"), f"rule '{rule.id.split('/')[1]}' appears twice in this file")
             seen.add(rule.id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +52,7 @@ PERIOD_NAMES = {
     api.PERIOD_ALL: "all",
 }
 MAX_HASH = 128
+MAX_REFUSALS_LISTED = 1000
 MAX_PATH = 10_000
 
 
@@ -79,6 +79,14 @@ def registered_at(request: api.RegisterRequest, now: datetime) -> datetime:
     if when < now - REGISTER_BACKDATE:
         raise InvalidArgument("registered_at", "is more than a day ago; import older links with ImportLinks")
     return when
+
+
+def bounded_text(value: str, name: str, max_len: int) -> str:
+    """Optional free text: trimmed; too long is refused (a cut-off audit note would mislead)."""
+    value = value.strip()
+    if len(value) > max_len:
+        raise InvalidArgument(name, f"is longer than {max_len} characters")
+    return value
 
 
 def optional_text(value: str, name: str, max_len: int = MAX_HASH) -> str | None:
@@ -139,17 +147,11 @@ def conversion_command(request: api.RecordConversionRequest, now: datetime) -> C
             future=False,
         ),
         attributes=attributes(request.attributes),
-        occurred_at_given=request.HasField("occurred_at"),
     )
 
 
 def attributes(raw: Any) -> dict[str, str]:
-    found = {validation.required_text(k, "attributes"): str(v)[:256] for k, v in raw.items()}
-    if len(found) > 32:
-        raise InvalidArgument("attributes", "at most 32 attributes")
-    if len(json.dumps(found, ensure_ascii=False)) > 4000:
-        raise InvalidArgument("attributes", "at most 4000 characters in all")
-    return found
+    return validation.attributes(raw, reserved=conversions.RESERVED_ATTRIBUTES)
 
 
 class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
@@ -173,7 +175,7 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         self, request: api.IssueCodeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.IssueCodeResponse:
         user_id = validation.required_text(request.user_id, "user_id")
-        kind = kind_of(request.kind)
+        kind = kind_of(request.kind) if request.kind != api.USER_KIND_UNSPECIFIED else None
         formats = set(request.qr_images)
         if formats - {api.QR_FORMAT_SVG, api.QR_FORMAT_PNG}:
             raise InvalidArgument("qr_images", "only QR_FORMAT_SVG and QR_FORMAT_PNG")
@@ -219,7 +221,7 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         self, request: api.RevokeCodeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> api.RevokeCodeResponse:
         user_id = validation.required_text(request.user_id, "user_id")
-        reason = request.reason.strip()[:256]
+        reason = bounded_text(request.reason, "reason", 256)
         revoked = await self.db.run(lambda s: partners.revoke_code(s, user_id, reason))
         return api.RevokeCodeResponse(revoked_code=revoked or "")
 
@@ -260,8 +262,8 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
                     )
         if header is None:
             raise InvalidArgument("header", "is required (batch_id)")
-        batch_id = validation.required_text(header.batch_id, "batch_id", validation.MAX_KEY)
-        origin = header.source.strip()[:64]
+        batch_id = validation.required_text(header.batch_id, "batch_id", validation.MAX_ID)
+        origin = bounded_text(header.source, "source", 64)
         source = (f"import:{origin}/{batch_id}" if origin else f"import:{batch_id}")[:160]
         now = utcnow()
         proposals: list[Proposal | None] = []
@@ -280,9 +282,9 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
                         message=f"links[{index}].{problem.message}",
                     )
                 )
-        request_hash = command_hash(
-            "import_links", {"batch": api.ImportChunk(links=received).SerializeToString(deterministic=True).hex()}
-        )
+        content = hashlib.sha256(api.ImportChunk(links=received).SerializeToString(deterministic=True)).hexdigest()
+        # The links are the batch; `source` only labels it (a re-run that names it otherwise is a replay).
+        request_hash = command_hash("import_links", {"links": content})
         policy = self.book.policy
 
         def run(session: Session) -> api.ImportLinksResponse:
@@ -294,6 +296,11 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
                 for (index, _), outcome in zip(valid, outcomes, strict=True):
                     _count(report, index, outcome)
                 report.refusals.sort(key=lambda r: r.index)
+                report.refused = len(report.refusals)
+                for refusal in report.refusals:
+                    report.refused_by_reason[api.RefusalReason.Name(refusal.reason)] += 1
+                # The first ones in detail: a report stays within a client's default 4 MB message.
+                del report.refusals[MAX_REFUSALS_LISTED:]
                 return report, batch_id
 
             return run_once(
@@ -362,7 +369,7 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
     ) -> api.ReviewLinkResponse:
         user_id = validation.required_text(request.user_id, "user_id")
         reviewer = validation.required_text(request.reviewer, "reviewer")
-        note = request.note.strip()[:512]
+        note = bounded_text(request.note, "note", 512)
         if request.decision not in (api.REVIEW_DECISION_APPROVE, api.REVIEW_DECISION_REJECT):
             raise InvalidArgument("decision", "must be REVIEW_DECISION_APPROVE or REVIEW_DECISION_REJECT")
         decide = reviews.approve if request.decision == api.REVIEW_DECISION_APPROVE else reviews.reject

@@ -51,11 +51,12 @@ def approve(session: Session, user_id: str, reviewer: str, note: str, policy: Po
 
 
 def reject(session: Session, user_id: str, reviewer: str, note: str, policy: Policy) -> Decided:
+    """`policy` is not consulted: a rejection takes back what was paid, whatever the rules say now."""
     partner = _linked(session, user_id)
     if partner.link_state == LinkState.REJECTED:
         return Decided(partner, replayed=True)
     revoked = conversions.revoke_through(
-        session, partner, policy, reason=f"link of {user_id} to {partner.linked_referrer_id} rejected by {reviewer}"
+        session, partner, reason=f"link of {user_id} to {partner.linked_referrer_id} rejected by {reviewer}"
     )
     detach(session, partner.id, now=utcnow())
     session.refresh(partner)

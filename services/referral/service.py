@@ -24,7 +24,8 @@ async def build(kit: Kit) -> None:
     kit.consume(events.CUSTOMER_REGISTERED, on_customer_registered(book))
     kit.consume(events.BUSINESS_COMPLETED, on_business_completed(book))
     kit.consume(events.POINTS_AWARDED, on_points_awarded())
-    kit.consume(events.POINTS_REVERSED, on_points_reversed())
+    # A reversal may come before its award (separate consumers): retried for about two hours.
+    kit.consume(events.POINTS_REVERSED, on_points_reversed(), max_deliver=240)
 
 
 SERVICE = Service(

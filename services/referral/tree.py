@@ -49,6 +49,9 @@ _NODE_COLUMNS = [
     "points_own",
     "points_below",
 ]
+# What a newly linked partner's update writes: never its id, user, kind or code (IssueCode and
+# RevokeCode own those).
+_LINKED_COLUMNS = ["referrer", "link_state", "linked_referrer_id", "descendants", "direct", "height", "points_below"]
 # What an ancestor's update writes: its counters only.
 _COUNTER_COLUMNS = ["descendants", "direct", "height", "points_below", "updated_at"]
 _LINK_COLUMNS = [
@@ -222,7 +225,7 @@ class Forest:
             connection.execute(PARTNER.insert(), new_rows)
         counters = [{k: r[k] for k in ("id", *_COUNTER_COLUMNS)} for r in updates if "link_code" not in r]
         linked = [r for r in updates if "link_code" in r]
-        for rows, names in ((counters, _COUNTER_COLUMNS), (linked, [*_NODE_COLUMNS[1:], *_LINK_COLUMNS, "updated_at"])):
+        for rows, names in ((counters, _COUNTER_COLUMNS), (linked, [*_LINKED_COLUMNS, *_LINK_COLUMNS, "updated_at"])):
             if rows:
                 statement = (
                     update(PARTNER)

@@ -97,7 +97,7 @@ class ReferralUnderTest:
     rules_dir: Path
     settings: ReferralSettings
 
-    async def code(self, user_id: str, kind: int = referral_pb2.USER_KIND_CUSTOMER) -> str:
+    async def code(self, user_id: str, kind: int = referral_pb2.USER_KIND_UNSPECIFIED) -> str:
         reply = await self.stub.IssueCode(referral_pb2.IssueCodeRequest(user_id=user_id, kind=kind))
         return reply.code
 

@@ -5,6 +5,7 @@ it is delivered; leaderboards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -13,9 +14,12 @@ import nats.js
 import pytest
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlmodel import select
 
 from alliance.v1 import business_events_pb2, referral_events_pb2
 from alliance.v1 import referral_pb2 as api
+from services.foundation.db import Database
+from services.foundation.inbox import ParkedEvent
 from tests.integration.conftest import ReferralUnderTest
 from tests.support import eventually
 
@@ -251,3 +255,63 @@ async def test_concurrent_reports_of_one_business_make_one_conversion(referral: 
     assert sorted(r.replayed for r in replies) == [False] + [True] * 19
     stats = await referral.stub.GetSubtreeStats(api.GetSubtreeStatsRequest(user_id=alice))
     assert [(c.product, c.conversions) for c in stats.conversions] == [("loan", 1)]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "problem"),
+    [
+        ({"amount": "5000"}, "attributes[amount]: is reserved"),
+        ({"level": "2"}, "attributes[level]: is reserved"),
+        ({"Branch-ID": "b1"}, "attributes[Branch-ID]: name must be lower_snake_case"),
+        ({"branch": "x" * 257}, "attributes[branch]: is longer than 256"),
+    ],
+)
+async def test_conversion_attributes_follow_the_rules_points_applies(
+    referral: ReferralUnderTest, attributes: dict[str, str], problem: str
+) -> None:
+    """What referral passes on in referral.v1.converted, points must accept: refused here first."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await referral.stub.RecordConversion(
+            api.RecordConversionRequest(business_ref=uid("b"), user_id=uid(), product="loan", attributes=attributes)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and caught.value.details().startswith(problem)
+
+
+async def test_one_business_by_call_then_event_is_one_conversion(
+    referral: ReferralUnderTest, js: nats.js.JetStreamContext
+) -> None:
+    """The call without a time (the README's example), core banking's event with one and more
+    attributes: the same business, not a conflict to park."""
+    with contextlib.suppress(nats.js.errors.BadRequestError):
+        await js.add_stream(name="BUSINESS", subjects=["business.v1.>"])
+    alice, bob = uid("alice"), uid("bob")
+    await referral.refer(alice, bob)
+    ref = uid("core")
+    first = await referral.stub.RecordConversion(
+        api.RecordConversionRequest(business_ref=ref, user_id=bob, product="loan")
+    )
+    event = business_events_pb2.BusinessCompleted(
+        event_id=uid("evt"),
+        user_id=bob,
+        product="loan",
+        business_ref=ref,
+        attributes={"branch": "b7"},
+        occurred_at=stamp(datetime.now(UTC) - timedelta(minutes=3)),
+    )
+    await js.publish("business.v1.completed", event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id})
+
+    async def consumed() -> bool:
+        info = await js.consumer_info("BUSINESS", "referral-business-v1-completed")
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(consumed)
+    db = Database(referral.settings.database_url)
+    try:
+        parked = await db.read(
+            lambda s: s.exec(select(ParkedEvent).where(ParkedEvent.event_id == event.event_id)).all()
+        )
+    finally:
+        db.close()
+    assert parked == []
+    converted = await events_about(js, "referral.v1.converted", referral_events_pb2.ReferralConverted, bob)
+    assert [e.conversion_id for e in converted] == [first.conversion.conversion_id]

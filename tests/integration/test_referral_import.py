@@ -113,3 +113,13 @@ async def test_import_needs_a_header_first(referral: ReferralUnderTest) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await referral.stub.ImportLinks(parts())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and caught.value.details().startswith("header")
+
+
+async def test_import_report_counts_refusals_by_reason_and_refuses_long_batch_ids(referral: ReferralUnderTest) -> None:
+    owner = uid("owner")
+    report = await send(referral, uid("batch"), [link(owner, owner, 1), link(uid(), code="ABCD2345", minutes=2)])
+    assert report.refused == 2
+    assert dict(report.refused_by_reason) == {"REFUSAL_REASON_SELF_REFERRAL": 1, "REFUSAL_REASON_UNKNOWN_CODE": 1}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await send(referral, "b" * 65, [link(uid(), uid())])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and caught.value.details().startswith("batch_id")

@@ -164,3 +164,42 @@ async def test_register_is_not_backdated_past_a_day(referral: ReferralUnderTest)
         await referral.register(uid(), code, registered_at=old)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("registered_at") and "ImportLinks" in caught.value.details()
+
+
+async def test_velocity_counts_registrations_stamped_after_this_one(referral: ReferralUnderTest) -> None:
+    """Backdating the second account by a minute must not get it past `shared-phone` (max 1)."""
+    code = await referral.code(uid("owner"))
+    now = datetime.now(UTC)
+    stamps = []
+    for minutes in (0, 1):
+        at = Timestamp()
+        at.FromDatetime(now - timedelta(minutes=minutes))
+        stamps.append(at)
+    assert (await referral.register(uid(), code, phone_hash="p-late", registered_at=stamps[0])).link.state == (
+        api.LINK_STATE_ACTIVE
+    )
+    await refused(referral.register(uid(), code, phone_hash="p-late", registered_at=stamps[1]), "VELOCITY")
+
+
+async def test_a_retry_after_the_owner_reissued_the_code_is_a_replay(referral: ReferralUnderTest) -> None:
+    owner, user = uid("owner"), uid("user")
+    code = await referral.code(owner)
+    await referral.register(user, code)
+    await referral.stub.IssueCode(api.IssueCodeRequest(user_id=owner, reissue=True, idempotency_key="k"))
+    again = await referral.register(user, code)
+    assert again.replayed and again.link.referrer_id == owner
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "problem"),
+    [
+        ({"reason": "x" * 300}, "reason: is longer than 256"),
+        ({"user_id": "u" * 65}, "user_id: is longer than 64"),
+    ],
+)
+async def test_revoke_code_refuses_overlong_fields(
+    referral: ReferralUnderTest, request_fields: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await referral.stub.RevokeCode(api.RevokeCodeRequest(**({"user_id": uid()} | request_fields)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and caught.value.details().startswith(problem)

@@ -8,6 +8,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from sqlmodel import Session, select
@@ -16,8 +17,8 @@ from services.foundation.db import Database
 from services.referral import conversions, reviews
 from services.referral.conversions import ConversionCommand
 from services.referral.linking import Proposal, link_all
-from services.referral.models import SCHEMA, ConversionReward, LinkState, Partner, PartnerProduct
-from services.referral.policy import Policy
+from services.referral.models import SCHEMA, ConversionReward, LeaderboardCount, LinkState, Partner, PartnerProduct
+from services.referral.policy import Policy, ReferralCampaign
 from tests.support import database_with
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -163,4 +164,42 @@ def test_a_chain_of_ten_thousand_levels(db: Database) -> None:
         )
     )
     assert outcome[0].reason == "CYCLE"
+    db.run_sync(recount)
+
+
+def test_a_rejection_takes_back_what_was_paid_after_the_rules_changed(db: Database) -> None:
+    """Paid three levels deep and counted on a campaign board; then the rules drop to one level
+    and lose the campaign; a rejection still revokes every level and empties the board."""
+    three = Policy(levels=3, campaigns=(ReferralCampaign("spring", T0 - timedelta(days=30), None),))
+    one = Policy(levels=1)
+    chain = [Proposal(user_id=b, kind="customer", referrer_id=a, linked_at=T0, source="t") for a, b in pairwise("abcd")]
+    db.run_sync(lambda s: link_all(s, chain, three))
+    cmd = ConversionCommand(business_ref="b-1", user_id="d", product="loan", occurred_at=T0 + timedelta(hours=1))
+    paid = db.run_sync(lambda s: conversions.record(s, cmd, three, source="t"))
+    assert [(r.referrer_id, r.level) for r in paid.rewards] == [("c", 1), ("b", 2), ("a", 3)]
+    db.run_sync(lambda s: reviews.reject(s, "c", "ops", "", one))  # the link c -> b
+    rewards = db.run_sync(lambda s: s.exec(select(ConversionReward)).all())
+    assert {(r.referrer_id, r.revoked) for r in rewards} == {("c", False), ("b", True), ("a", True)}
+    boards = db.run_sync(lambda s: s.exec(select(LeaderboardCount).where(LeaderboardCount.user_id == "c")).all())
+    assert {b.campaign for b in boards} == {"", "spring"} and all(b.conversions == 1 for b in boards)
+    db.run_sync(lambda s: reviews.reject(s, "d", "ops", "", one))  # now d's own link: c loses it
+    boards = db.run_sync(lambda s: s.exec(select(LeaderboardCount).where(LeaderboardCount.user_id == "c")).all())
+    assert all(b.conversions == 0 for b in boards)
+    db.run_sync(recount)
+
+
+def test_a_reversal_before_its_award_waits_for_it(db: Database) -> None:
+    db.run_sync(
+        lambda s: link_all(
+            s, [Proposal(user_id="y", kind="customer", referrer_id="x", linked_at=T0, source="t")], Policy()
+        )
+    )
+    cmd = ConversionCommand(business_ref="b-2", user_id="y", product="loan", occurred_at=T0)
+    [reward] = db.run_sync(lambda s: conversions.record(s, cmd, Policy(), source="t")).rewards
+    with pytest.raises(conversions.AwardNotYetSeen):
+        db.run_sync(lambda s: conversions.take_points(s, event_id=reward.event_id, points=100))
+    db.run_sync(lambda s: conversions.add_points(s, event_id=reward.event_id, transaction_id="t1", points=100))
+    db.run_sync(lambda s: conversions.take_points(s, event_id=reward.event_id, points=100))
+    x = db.run_sync(lambda s: s.exec(select(Partner).where(Partner.user_id == "x")).one())
+    assert x.points_own == 0
     db.run_sync(recount)

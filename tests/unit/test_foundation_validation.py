@@ -68,3 +68,11 @@ def test_page_tokens_round_trip_and_foreign_tokens_are_refused() -> None:
     for foreign in ("nonsense", "djI6MTI=", "!!!"):  # not base64; version v2; not even base64 text
         with pytest.raises(InvalidArgument, match=r"^page_token: is not a token this service gave out$"):
             validation.page_position(foreign)
+
+
+def test_a_page_token_beyond_a_database_integer_is_refused() -> None:
+    import base64
+
+    token = base64.urlsafe_b64encode(b"v1:99999999999999999999999").decode()
+    with pytest.raises(InvalidArgument, match="page_token"):
+        validation.page_position(token)

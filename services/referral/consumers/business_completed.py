@@ -31,7 +31,7 @@ def on_business_completed(book: PolicyBook) -> Handler[business_events_pb2.Busin
             occurred_at=validation.timestamp(
                 event.occurred_at, "occurred_at", present=event.HasField("occurred_at"), now=now, future=False
             ),
-            attributes={validation.required_text(k, "attributes"): v[:256] for k, v in event.attributes.items()},
+            attributes=validation.attributes(event.attributes, reserved=conversions.RESERVED_ATTRIBUTES),
         )
         policy = book.policy
 

@@ -36,13 +36,12 @@ def on_points_awarded() -> Handler[points_events_pb2.PointsAwarded]:
 def on_points_reversed() -> Handler[points_events_pb2.PointsReversed]:
     async def handle(delivery: Delivery[points_events_pb2.PointsReversed]) -> Unit | None:
         event = delivery.event
-        if event.points == 0 or not event.reversed_transaction_id:
+        if event.points == 0 or not event.reversed_source_event.startswith(_SOURCE_PREFIX):
             return None
+        event_id = event.reversed_source_event.removeprefix(_SOURCE_PREFIX)
 
         def unit(session: Session) -> object:
-            return conversions.take_points(
-                session, transaction_id=event.reversed_transaction_id, points=abs(event.points)
-            )
+            return conversions.take_points(session, event_id=event_id, points=abs(event.points))
 
         return unit
 

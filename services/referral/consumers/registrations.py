@@ -25,7 +25,7 @@ def on_customer_registered(book: PolicyBook) -> Handler[customer_events_pb2.Cust
         event = delivery.event
         if not event.referral_code.strip():
             return None
-        code = codes.normalize(validation.required_text(event.referral_code, "referral_code", 32))
+        code = codes.normalize(event.referral_code)[:64]  # a bad code is a refusal to record, not a bad event
         proposal = Proposal(
             user_id=validation.required_text(event.user_id, "user_id"),
             kind="employee" if event.employee else "customer",

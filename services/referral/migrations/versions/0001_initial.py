@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("product", sa.String(length=64), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=False),
-        sa.Column("attributes", sa.String(length=4000), nullable=False),
+        sa.Column("attributes", sa.Text(), nullable=False),
         sa.Column("occurred_at", UTCDateTime(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("revoked", sa.Boolean(), nullable=False),
         sa.Column("points", sa.Integer(), nullable=False),
         sa.Column("points_transaction_id", sa.String(length=32), nullable=True),
+        sa.Column("counted", sa.Text(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("conversion_id", "level"),
         sa.UniqueConstraint("event_id", name="uq_conversion_reward_event"),
@@ -57,6 +58,7 @@ def upgrade() -> None:
             batch_op.f("ix_conversion_reward_points_transaction_id"), ["points_transaction_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_conversion_reward_referrer_id"), ["referrer_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_conversion_reward_level"), ["level"], unique=False)
 
     op.create_table(
         "leaderboard_count",
@@ -106,6 +108,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_partner_referrer_seq", ["referrer", "link_seq"], unique=False)
         batch_op.create_index("ix_partner_referrer_linked", ["referrer", "linked_at"], unique=False)
         batch_op.create_index("ix_partner_state_seq", ["link_state", "link_seq"], unique=False)
+        batch_op.create_index("ix_partner_link_seq", ["link_seq"], unique=False)
 
     op.create_table(
         "link_refusal",
@@ -160,6 +163,7 @@ def downgrade() -> None:
     op.drop_table("link_refusal")
     with op.batch_alter_table("partner", schema=None) as batch_op:
         batch_op.drop_index("ix_partner_state_seq")
+        batch_op.drop_index("ix_partner_link_seq")
         batch_op.drop_index("ix_partner_referrer_linked")
         batch_op.drop_index("ix_partner_referrer_seq")
         batch_op.drop_index("ix_partner_phone_linked")
@@ -171,6 +175,7 @@ def downgrade() -> None:
 
     op.drop_table("leaderboard_count")
     with op.batch_alter_table("conversion_reward", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_conversion_reward_level"))
         batch_op.drop_index(batch_op.f("ix_conversion_reward_referrer_id"))
         batch_op.drop_index(batch_op.f("ix_conversion_reward_points_transaction_id"))
 
