@@ -34,6 +34,7 @@ PRODUCT = table_of(PartnerProduct)
 # serializes writers.
 LINK_LOCK = 0x726566657272616C
 _CHUNK = 500  # ids per IN (...) list
+ANALYZE_AFTER = 5_000  # new partners in one unit that make PostgreSQL's statistics stale
 
 _NODE_COLUMNS = [
     "id",
@@ -223,6 +224,10 @@ class Forest:
         connection = self.session.connection()
         if new_rows:
             connection.execute(PARTNER.insert(), new_rows)
+            if len(new_rows) >= ANALYZE_AFTER and connection.dialect.name == "postgresql":
+                # Statistics of a table that grew by a bulk import lag until autovacuum comes by;
+                # meanwhile the next batch's lookups were planned as whole-table scans (seconds each).
+                connection.execute(text("ANALYZE partner"))
         counters = [{k: r[k] for k in ("id", *_COUNTER_COLUMNS)} for r in updates if "link_code" not in r]
         linked = [r for r in updates if "link_code" in r]
         for rows, names in ((counters, _COUNTER_COLUMNS), (linked, [*_LINKED_COLUMNS, *_LINK_COLUMNS, "updated_at"])):
