@@ -54,7 +54,12 @@ _NODE_COLUMNS = [
 # RevokeCode own those).
 _LINKED_COLUMNS = ["referrer", "link_state", "linked_referrer_id", "descendants", "direct", "height", "points_below"]
 # What an ancestor's update writes: its counters only.
-_COUNTER_COLUMNS = ["descendants", "direct", "height", "points_below", "updated_at"]
+_COUNTER_COLUMNS = [
+    "descendants",
+    "direct",
+    "height",
+    "points_below",
+]  # not updated_at: a link below is not a change of the partner
 _LINK_COLUMNS = [
     "link_seq",
     "link_code",
@@ -228,16 +233,22 @@ class Forest:
                 # Statistics of a table that grew by a bulk import lag until autovacuum comes by;
                 # meanwhile the next batch's lookups were planned as whole-table scans (seconds each).
                 connection.execute(text("ANALYZE partner"))
-        counters = [{k: r[k] for k in ("id", *_COUNTER_COLUMNS)} for r in updates if "link_code" not in r]
+        counters = [tuple(r[k] for k in (*_COUNTER_COLUMNS, "id")) for r in updates if "link_code" not in r]
+        if counters:
+            # The bulk of a link's work: one row per ancestor. Straight to the driver: SQLAlchemy's
+            # per-row parameter processing cost as much as the updates themselves.
+            mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+            assignments = ", ".join(f"{name} = {mark}" for name in _COUNTER_COLUMNS)
+            connection.exec_driver_sql(f"UPDATE partner SET {assignments} WHERE id = {mark}", counters)
         linked = [r for r in updates if "link_code" in r]
-        for rows, names in ((counters, _COUNTER_COLUMNS), (linked, [*_LINKED_COLUMNS, *_LINK_COLUMNS, "updated_at"])):
-            if rows:
-                statement = (
-                    update(PARTNER)
-                    .where(PARTNER.c.id == bindparam("b_id"))
-                    .values({name: bindparam(f"b_{name}") for name in names})
-                )
-                connection.execute(statement, [{f"b_{k}": v for k, v in r.items()} for r in rows])
+        if linked:
+            names = [*_LINKED_COLUMNS, *_LINK_COLUMNS, "updated_at"]
+            statement = (
+                update(PARTNER)
+                .where(PARTNER.c.id == bindparam("b_id"))
+                .values({name: bindparam(f"b_{name}") for name in names})
+            )
+            connection.execute(statement, [{f"b_{k}": r[k] for k in ["id", *names]} for r in linked])
         products = [
             {"partner": partner_id, "product": product, "own": 0, "below": count}
             for partner_id, change in changes.items()
