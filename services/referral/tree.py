@@ -34,6 +34,7 @@ PRODUCT = table_of(PartnerProduct)
 # serializes writers.
 LINK_LOCK = 0x726566657272616C
 _CHUNK = 500  # ids per IN (...) list
+_FEW_CHAINS = 64  # below this many starts, ancestors are loaded a chain per query
 ANALYZE_AFTER = 5_000  # new partners in one unit that make PostgreSQL's statistics stale
 
 _NODE_COLUMNS = [
@@ -164,6 +165,13 @@ class Forest:
         level by scanning the whole table, a second or more per query on a million partners.)"""
         columns = [PARTNER.c[name] for name in _NODE_COLUMNS]
         frontier = {self.by_id[i].referrer for i in partner_ids if i in self.by_id}
+        if len(frontier) <= _FEW_CHAINS:
+            # A few chains (a Register batch, a deep chain): each in one recursive query from a
+            # single start, which every database plans by the primary key, however deep.
+            for start in sorted(i for i in frontier if i is not None):
+                if start not in self.by_id:
+                    self._load_path_from(start)
+            return
         while frontier := {i for i in frontier if i is not None and i not in self.by_id}:
             wanted = sorted(frontier)
             frontier = set()
