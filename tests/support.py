@@ -180,14 +180,18 @@ class PointsUnderTest:
     nats_url: str
 
     async def reload_rules(self) -> None:
-        """Wait until the service has read every rule file as it is on disk now."""
-        assert self.host.kit is not None
-        directories = [directory for directory, _ in self.host.kit.declared.rule_directories]
+        await rules_read(self.host)
 
-        async def read() -> bool:
-            return all(directory.up_to_date() for directory in directories)
 
-        await eventually(read, timeout=10)
+async def rules_read(host: ServiceHost) -> None:
+    """Wait until a service has read every rule file as it is on disk now."""
+    assert host.kit is not None
+    directories = [directory for directory, _ in host.kit.declared.rule_directories]
+
+    async def read() -> bool:
+        return all(directory.up_to_date() for directory in directories)
+
+    await eventually(read, timeout=10)
 
 
 def points_settings(database_url: str, nats_url: str, rules_dir: Path, **overrides: object) -> PointsSettings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.foundation.rules.book import duplicate_ids
@@ -18,6 +18,7 @@ from services.foundation.rules.document import load_document, rule_schema
 from services.foundation.rules.errors import Path as DataPath
 from services.foundation.rules.errors import RuleFileError, format_path
 from services.foundation.rules.located_yaml import LineIndex
+from services.foundation.rules.moments import parse_moment
 
 SCHEMA_FILE = "referral.schema.json"
 MAX_RULE_ID = 64
@@ -111,16 +112,6 @@ def load_policy(file: str, content: bytes) -> PolicyFile:
     """Parse one referral policy file. Raises RuleFileError with every problem found."""
     data, index, version = load_document(file, content, rule_schema(SCHEMA_FILE))
     return _Builder(file, index).policy(data, version)
-
-
-def parse_moment(text: str, tz: ZoneInfo) -> datetime:
-    """'2026-09-01' (local midnight in tz) or an ISO date-time with offset -> aware UTC datetime."""
-    if len(text) == 10:
-        return datetime.combine(date.fromisoformat(text), time(0), tzinfo=tz).astimezone(UTC)
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"{text} has no UTC offset")
-    return moment.astimezone(UTC)
 
 
 class _Builder:

@@ -21,7 +21,7 @@ from services.points.service import SERVICE as POINTS
 from services.referral.service import SERVICE as REFERRAL
 from services.referral.settings import ReferralSettings
 from tests.conftest import drop_postgres_database, fresh_postgres_database
-from tests.support import CINEMA, TEST_CAMPAIGN, PointsUnderTest, eventually, points_settings, write_campaign
+from tests.support import CINEMA, TEST_CAMPAIGN, PointsUnderTest, points_settings, rules_read, write_campaign
 
 
 @pytest.fixture
@@ -108,13 +108,7 @@ class ReferralUnderTest:
         return await self.register(user_id, await self.code(referrer))
 
     async def reload_rules(self) -> None:
-        assert self.host.kit is not None
-        directories = [directory for directory, _ in self.host.kit.declared.rule_directories]
-
-        async def read() -> bool:
-            return all(directory.up_to_date() for directory in directories)
-
-        await eventually(read, timeout=10)
+        await rules_read(self.host)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ problem located at its line."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from services.foundation.rules.document import load_document, rule_schema, rule_
 from services.foundation.rules.errors import Path as DataPath
 from services.foundation.rules.errors import RuleFileError, format_path
 from services.foundation.rules.located_yaml import LineIndex
+from services.foundation.rules.moments import parse_moment
 from services.points.campaign_file.benefits_loader import build_benefits
 from services.points.campaign_file.model import (
     DEFAULT_TIMEZONE,
@@ -49,16 +50,6 @@ def load_campaign(file: str, content: bytes) -> Campaign:
 def find_duplicate_ids(campaigns: Mapping[str, Campaign]) -> dict[str, RuleFileError]:
     """Files whose campaign id an earlier file (by name) already uses: {file: error}."""
     return duplicate_ids(campaigns, "campaign")
-
-
-def parse_moment(text: str, tz: ZoneInfo) -> datetime:
-    """'2026-09-01' (local midnight in tz) or an ISO date-time with offset -> aware UTC datetime."""
-    if len(text) == 10:
-        return datetime.combine(date.fromisoformat(text), time(0), tzinfo=tz).astimezone(UTC)
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"{text} has no UTC offset")
-    return moment.astimezone(UTC)
 
 
 class _Builder:
