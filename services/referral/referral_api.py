@@ -119,6 +119,12 @@ def link_message(partner: Partner) -> api.Link:
     )
 
 
+def link_page(found: Sequence[Partner], size: int) -> tuple[list[api.Link], str]:
+    """A page of links read with one row more than `size`, and the token of the next page."""
+    more = len(found) > size
+    return [link_message(p) for p in found[:size]], validation.page_token(found[size - 1].link_seq if more else None)
+
+
 def conversion_message(conversion: Conversion, rewards: list[ConversionReward]) -> api.Conversion:
     return api.Conversion(
         conversion_id=conversion.id,
@@ -355,12 +361,8 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
             query = select(Partner).where(Partner.link_state == LinkState.REVIEW)
             if after is not None:
                 query = query.where(col(Partner.link_seq) > after)
-            found = session.exec(query.order_by(col(Partner.link_seq)).limit(size + 1)).all()
-            more = len(found) > size
-            return api.ListReviewsResponse(
-                links=[link_message(p) for p in found[:size]],
-                next_page_token=validation.page_token(found[size - 1].link_seq if more else None),
-            )
+            links, token = link_page(session.exec(query.order_by(col(Partner.link_seq)).limit(size + 1)).all(), size)
+            return api.ListReviewsResponse(links=links, next_page_token=token)
 
         return await self.db.read(run)
 
@@ -421,12 +423,10 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
             query = select(Partner).where(Partner.referrer == partner.id)
             if before is not None:
                 query = query.where(col(Partner.link_seq) < before)
-            found = session.exec(query.order_by(col(Partner.link_seq).desc()).limit(size + 1)).all()
-            more = len(found) > size
-            return api.ListReferralsResponse(
-                links=[link_message(p) for p in found[:size]],
-                next_page_token=validation.page_token(found[size - 1].link_seq if more else None),
+            links, token = link_page(
+                session.exec(query.order_by(col(Partner.link_seq).desc()).limit(size + 1)).all(), size
             )
+            return api.ListReferralsResponse(links=links, next_page_token=token)
 
         return await self.db.read(run)
 
