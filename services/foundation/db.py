@@ -125,8 +125,10 @@ def _is_retryable(error: DBAPIError) -> bool:
 
 
 class Database:
-    """`run` for units that write, `read` for units that only read (on SQLite they get their own
-    connections, which read a snapshot beside the single writer instead of queueing behind it)."""
+    """`run` for units that write, `read` for units that only read. Reads get their own
+    connections: on SQLite they read a snapshot beside the single writer instead of queueing
+    behind it; on PostgreSQL they skip the checkout ping (so a replica may hold up to twice
+    `pool_size` connections)."""
 
     def __init__(self, url: str, *, pool_size: int = 8, echo: bool = False) -> None:
         self.url = normalize_url(url)
@@ -158,6 +160,12 @@ class Database:
             )
             _configure_sqlite(self._read_engine, read_only=True)
             self._read_executor = ThreadPoolExecutor(max_workers=_SQLITE_READERS, thread_name_prefix="db-read")
+        elif not self.is_sqlite:
+            # Reads check out connections without the liveness ping (a round trip before every
+            # unit, a fifth of a short query's time): a read is safe to run again, so one that
+            # meets a connection the server dropped is retried on a fresh one instead.
+            self._read_engine = create_engine(self.url, echo=echo, pool_size=pool_size, max_overflow=0)
+            self._read_executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db-read")
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False, info={_DATABASE: self})
@@ -210,8 +218,16 @@ class Database:
         return await loop.run_in_executor(self._read_executor, lambda: self._read_sync(unit))
 
     def _read_sync(self, unit: Callable[[Session], T]) -> T:
-        with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
-            return unit(session)
+        for attempt in (1, 2):
+            try:
+                with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
+                    return unit(session)
+            except DBAPIError as error:
+                # SQLAlchemy has discarded the pool's connections of before the drop by now.
+                if attempt == 2 or not error.connection_invalidated:
+                    raise
+                log.info("a read met a dropped database connection; running it again")
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
+import psycopg
 import pytest
 from google.protobuf.empty_pb2 import Empty
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select
@@ -193,6 +194,21 @@ async def test_read_sees_committed_data_and_does_not_wait_for_a_writer_holding_t
         release.set()
     await asyncio.wait_for(writing, DEADLINE)
     assert await db.read(keys) == ["committed", "in-flight"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_read_that_meets_a_connection_the_server_dropped_is_run_again(db: Database) -> None:
+    # Reads check out pooled connections without a ping; a restart of PostgreSQL (here: every
+    # connection of this database terminated) must not reach the caller as an error.
+    await db.run(put("kept"))
+    assert await db.read(keys) == ["kept"]  # the read pool now holds a connection
+    with psycopg.connect(db.url.set(drivername="postgresql").render_as_string(hide_password=False)) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert await db.read(keys) == ["kept"]
 
 
 @pytest.mark.postgres
