@@ -25,7 +25,7 @@ from sqlmodel import select as sqlmodel_select
 
 from services.referral.models import LinkState, ReferralCode
 from services.referral.policy import Policy, VelocityRule
-from services.referral.tree import PARTNER, Forest, Node, lock_links
+from services.referral.tree import PARTNER, ROLLUP_IN_SQL_MAX, Forest, Node, lock_links
 
 
 class Refusal:
@@ -77,11 +77,27 @@ def link_all(session: Session, proposals: Sequence[Proposal], policy: Policy) ->
         + [c.user_id for c in codes.values()]
     )
     velocity = Velocity(session, policy.velocity)
-    velocity.prefetch([(p, r) for p in proposals if (r := _referrer_of(p, codes))], forest)
-    forest.load_paths([node.id for node in forest.by_id.values()])
+    referrers = [(p, r) for p in proposals if (r := _referrer_of(p, codes))]
+    velocity.prefetch(referrers, forest)
+    if not _new_users_under_partners(forest, proposals, referrers):
+        # Cycle checks and the counters to add up read the chains above; read them all at once.
+        forest.load_paths([node.id for node in forest.by_id.values()])
     outcomes = [_link_one(forest, codes, velocity, p) for p in proposals]
     forest.write()
     return outcomes
+
+
+def _new_users_under_partners(
+    forest: Forest, proposals: Sequence[Proposal], referrers: Sequence[tuple[Proposal, str]]
+) -> bool:
+    """Every proposal a user who is no partner yet, under a referrer who is: no cycle can close,
+    and the database adds the counters up (`Forest.write`), so no chain needs reading."""
+    return (
+        len(proposals) <= ROLLUP_IN_SQL_MAX
+        and len(referrers) == len(proposals)
+        and all(forest.by_user.get(p.user_id) is None for p in proposals)
+        and all(r in forest.by_user for _, r in referrers)
+    )
 
 
 def _referrer_of(p: Proposal, codes: dict[str, ReferralCode]) -> str | None:

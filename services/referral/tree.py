@@ -14,6 +14,7 @@ and counters read and written back in one unit are never overwritten by another.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ PRODUCT = table_of(PartnerProduct)
 LINK_LOCK = 0x726566657272616C
 _CHUNK = 500  # ids per IN (...) list
 _FEW_CHAINS = 64  # below this many starts, ancestors are loaded a chain per query
+# Most new links whose counters one statement adds up (Register batches; imports are larger and
+# read their chains, which PostgreSQL cannot plan in one recursive query from so many starts).
+ROLLUP_IN_SQL_MAX = 1_000
 ANALYZE_AFTER = 5_000  # new partners in one unit that make PostgreSQL's statistics stale
 
 _NODE_COLUMNS = [
@@ -73,6 +77,31 @@ _LINK_COLUMNS = [
 ]
 
 
+_SELECT_NODES = "SELECT " + ", ".join(f"partner.{name}" for name in _NODE_COLUMNS) + " FROM partner"
+_BY_IDS = f"{_SELECT_NODES} WHERE id IN ({{ids}})"
+# The chain from each start upwards, the starts included: UNION (not ALL) walks a shared
+# ancestor once.
+_CHAIN = """WITH RECURSIVE up(id) AS ({ids} UNION
+    SELECT p.referrer FROM partner p JOIN up ON p.id = up.id WHERE p.referrer IS NOT NULL)
+"""
+_CHAINS_FROM_MANY = _CHAIN + f"{_SELECT_NODES} WHERE partner.id IN (SELECT id FROM up)"
+# Adds new leaves (`{ids}`, inserted already) to every partner above them: per ancestor, how many
+# arrived below it, how many directly, and the longest distance down to one.
+_ADD_NEW_LEAVES = """WITH RECURSIVE chain(id, level) AS (
+    SELECT referrer, 1 FROM partner WHERE id IN ({ids})
+    UNION ALL
+    SELECT p.referrer, chain.level + 1 FROM chain JOIN partner p ON p.id = chain.id WHERE p.referrer IS NOT NULL
+), added(id, below, under, down) AS (
+    SELECT id, count(*), sum(CASE WHEN level = 1 THEN 1 ELSE 0 END), max(level) FROM chain GROUP BY id
+)
+UPDATE partner SET descendants = partner.descendants + added.below, direct = partner.direct + added.under,
+    height = {greatest}(partner.height, added.down)
+FROM added WHERE partner.id = added.id
+"""
+# From one start, given as a scalar: PostgreSQL plans that by the primary key, however deep.
+_CHAIN_FROM_ONE = _CHAIN.replace("{ids}", "SELECT CAST(? AS BIGINT)") + f"{_SELECT_NODES} JOIN up ON partner.id = up.id"
+
+
 def lock_links(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LINK_LOCK})
@@ -99,17 +128,18 @@ class Node:
     new: bool = False
 
     @classmethod
-    def from_row(cls, row: dict[str, object]) -> Node:
-        return cls(**{name: row[name] for name in _NODE_COLUMNS})  # type: ignore[arg-type]
+    def from_tuple(cls, row: Sequence[Any]) -> Node:
+        """A row of `_SELECT_NODES` (the dataclass's fields start in the same order)."""
+        return cls(*row)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Change:
     descendants: int = 0
     direct: int = 0
     points: int = 0
     height: int = -1  # a new lower bound, -1: none
-    products: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    products: dict[str, int] = field(default_factory=dict)
 
 
 class Forest:
@@ -131,16 +161,29 @@ class Forest:
         self.by_user[node.user_id] = node
         return node
 
+    def _rows(self, sql: str, *params: object) -> list[Sequence[Any]]:
+        """Rows of `sql`, if any (qmark style; `{ids}` or `{user_ids}` stand for the values of the
+        list parameter). Straight to the driver: a batch reads hundreds of partners, and SQLAlchemy's
+        per-row processing of a mapped select cost more than the queries."""
+        connection = self.session.connection()
+        if connection.dialect.name == "postgresql":
+            sql = sql.replace("{ids}", "SELECT unnest(CAST(? AS BIGINT[]))")
+            sql = sql.replace("{user_ids}", "SELECT unnest(CAST(? AS TEXT[]))").replace("?", "%s")
+        else:  # one JSON parameter, however many values (SQLite caps bound parameters)
+            sql = sql.replace("{ids}", "SELECT value FROM json_each(?)")
+            sql = sql.replace("{user_ids}", "SELECT value FROM json_each(?)")
+            params = tuple(json.dumps(p) if isinstance(p, list) else p for p in params)
+        result = connection.exec_driver_sql(sql, params)
+        return list(result) if result.returns_rows else []
+
     def load_users(self, user_ids: Iterable[str]) -> None:
-        """Load the partners of these users that exist (one query per 500)."""
+        """Load the partners of these users that exist, in one query."""
         wanted = [u for u in dict.fromkeys(user_ids) if u not in self.by_user and u not in self._absent]
-        columns = [PARTNER.c[name] for name in _NODE_COLUMNS]
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            found = self.session.execute(select(*columns).where(PARTNER.c.user_id.in_(chunk))).mappings()
-            for row in found:
-                self._keep(Node.from_row(dict(row)))
-            self._absent.update(u for u in chunk if u not in self.by_user)
+        if not wanted:
+            return
+        for row in self._rows(f"{_SELECT_NODES} WHERE user_id IN ({{user_ids}})", wanted):
+            self._keep(Node.from_tuple(row))
+        self._absent.update(u for u in wanted if u not in self.by_user)
 
     def user(self, user_id: str) -> Node | None:
         if user_id not in self.by_user and user_id not in self._absent:
@@ -154,31 +197,31 @@ class Forest:
 
     def _load_path_from(self, partner_id: int) -> None:
         """Load a partner and every ancestor above it not loaded yet, in one recursive query."""
-        for row in path_rows(self.session, partner_id, include_self=True):
-            if row["id"] not in self.by_id:
-                self._keep(Node.from_row(row))
+        for row in self._rows(_CHAIN_FROM_ONE, partner_id):
+            if row[0] not in self.by_id:
+                self._keep(Node.from_tuple(row))
 
     def load_paths(self, partner_ids: Sequence[int]) -> None:
-        """Load the ancestors of these partners a level at a time: one primary-key query per 500
-        partners per level, shared ancestors once. (One recursive query from hundreds of start ids
-        was PostgreSQL's undoing: it estimates the recursion's rows from the start and joins each
-        level by scanning the whole table, a second or more per query on a million partners.)"""
-        columns = [PARTNER.c[name] for name in _NODE_COLUMNS]
+        """Load the ancestors of these partners. SQLite walks every chain in one recursive query
+        (shared ancestors once). PostgreSQL estimates such a query's rows from its start and joins
+        each level by scanning the whole table (a second or more on a million partners), so there
+        a few chains are walked one recursive query each, and many a level at a time."""
         frontier = {self.by_id[i].referrer for i in partner_ids if i in self.by_id}
-        if len(frontier) <= _FEW_CHAINS:
-            # A few chains (a Register batch, a deep chain): each in one recursive query from a
-            # single start, which every database plans by the primary key, however deep.
-            for start in sorted(i for i in frontier if i is not None):
+        starts = sorted(i for i in frontier if i is not None and i not in self.by_id)
+        if not starts:
+            return
+        if self.session.get_bind().dialect.name != "postgresql":
+            for row in self._rows(_CHAINS_FROM_MANY, starts):
+                if row[0] not in self.by_id:
+                    self._keep(Node.from_tuple(row))
+        elif len(starts) <= _FEW_CHAINS:
+            for start in starts:
                 if start not in self.by_id:
                     self._load_path_from(start)
-            return
-        while frontier := {i for i in frontier if i is not None and i not in self.by_id}:
-            wanted = sorted(frontier)
-            frontier = set()
-            for start in range(0, len(wanted), _CHUNK):
-                rows = self.session.execute(select(*columns).where(PARTNER.c.id.in_(wanted[start : start + _CHUNK])))
-                for row in rows.mappings():
-                    frontier.add(self._keep(Node.from_row(dict(row))).referrer)
+        else:
+            while starts:
+                above = {self._keep(Node.from_tuple(row)).referrer for row in self._rows(_BY_IDS, starts)}
+                starts = sorted(i for i in above if i is not None and i not in self.by_id)
 
     def ancestors(self, node: Node) -> Iterator[Node]:
         """The partners above `node`, nearest first, as they are in this unit (new links included)."""
@@ -208,11 +251,27 @@ class Forest:
         parent.direct += 1  # seen at once by the cycle checks of later links in the batch
         self._attached.append(child)
 
+    def only_new_leaves(self) -> bool:
+        """True when every link of this unit so far brings a new partner under an existing one, and
+        few enough of them: the database can then add them up every chain itself (see `write`)."""
+        return len(self._attached) <= ROLLUP_IN_SQL_MAX and all(
+            child.new and child.referrer is not None and not self.by_id[child.referrer].new for child in self._attached
+        )
+
     def write(self) -> None:
-        """Write new partners, new links and every touched ancestor's counters."""
-        changes = self._counter_changes()
+        """Write new partners, new links and every touched ancestor's counters.
+
+        New partners under existing ones (a batch of Register calls) carry no subtree: each adds
+        one descendant, and a height of its distance, to every partner above it. One statement
+        climbs their chains and adds that up inside the database, so the chains are never read
+        into this process. Any other batch (a subtree moving, an import) is summed here, children
+        before parents, from the chains loaded."""
+        rolled_up_in_sql = self.only_new_leaves()
+        changes = {} if rolled_up_in_sql else self._counter_changes()
         now = utcnow()
-        new_rows, updates = [], []
+        new_rows: list[dict[str, object]] = []
+        linked: list[dict[str, object]] = []
+        counters: list[tuple[object, ...]] = []
         for node in self.by_id.values():
             change = changes.get(node.id)
             if not node.new and change is None and node.link is None:
@@ -221,13 +280,14 @@ class Forest:
                 node.descendants += change.descendants
                 node.points_below += change.points
                 node.height = max(node.height, change.height)
-            row = {name: getattr(node, name) for name in _NODE_COLUMNS} | {"updated_at": now}
-            if node.new:
-                new_rows.append(row | {c: None for c in _LINK_COLUMNS} | (node.link or {}) | {"created_at": now})
-            elif node.link is not None:
-                updates.append(row | node.link)
+            if node.new or node.link is not None:
+                row = {name: getattr(node, name) for name in _NODE_COLUMNS} | {"updated_at": now}
+                if node.new:
+                    new_rows.append(row | {c: None for c in _LINK_COLUMNS} | (node.link or {}) | {"created_at": now})
+                else:
+                    linked.append(row | (node.link or {}))
             else:
-                updates.append(row)
+                counters.append((node.descendants, node.direct, node.height, node.points_below, node.id))
         connection = self.session.connection()
         if new_rows:
             connection.execute(PARTNER.insert(), new_rows)
@@ -235,14 +295,15 @@ class Forest:
                 # Statistics of a table that grew by a bulk import lag until autovacuum comes by;
                 # meanwhile the next batch's lookups were planned as whole-table scans (seconds each).
                 connection.execute(text("ANALYZE partner"))
-        counters = [tuple(r[k] for k in (*_COUNTER_COLUMNS, "id")) for r in updates if "link_code" not in r]
+        if rolled_up_in_sql and self._attached:
+            greatest = "GREATEST" if connection.dialect.name == "postgresql" else "max"
+            self._rows(_ADD_NEW_LEAVES.replace("{greatest}", greatest), [child.id for child in self._attached])
         if counters:
             # The bulk of a link's work: one row per ancestor. Straight to the driver: SQLAlchemy's
             # per-row parameter processing cost as much as the updates themselves.
             mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
             assignments = ", ".join(f"{name} = {mark}" for name in _COUNTER_COLUMNS)
             connection.exec_driver_sql(f"UPDATE partner SET {assignments} WHERE id = {mark}", counters)
-        linked = [r for r in updates if "link_code" in r]
         if linked:
             names = [*_LINKED_COLUMNS, *_LINK_COLUMNS, "updated_at"]
             statement = (
@@ -292,12 +353,12 @@ class Forest:
                 up.descendants += node.descendants + change.descendants + 1
                 up.points += node.points_own + node.points_below + change.points
                 for product, count in carried.get(node.id, {}).items():
-                    up.products[product] += count
+                    up.products[product] = up.products.get(product, 0) + count
             else:  # only what changed below it
                 up.descendants += change.descendants
                 up.points += change.points
             for product, count in change.products.items():
-                up.products[product] += count
+                up.products[product] = up.products.get(product, 0) + count
             up.height = max(up.height, max(node.height, change.height) + 1)
             waiting[node.referrer] -= 1
             if waiting[node.referrer] == 0:
@@ -347,15 +408,17 @@ def path_rows(
     return [dict(row) for row in rows if row["id"] is not None]
 
 
+# Each step reads the ancestor's row once and carries what the next step needs (its referrer)
+# and what the answer shows (its user, kind, and the state of the link below it).
 _USER_PATH = text("""
-WITH RECURSIVE up(id, level, below_state) AS (
-    SELECT referrer, 1, link_state FROM partner WHERE user_id = :user_id AND referrer IS NOT NULL
+WITH RECURSIVE up(referrer, user_id, kind, link_state, below_state, level) AS (
+    SELECT r.referrer, r.user_id, r.kind, r.link_state, u.link_state, 1
+    FROM partner u JOIN partner r ON r.id = u.referrer WHERE u.user_id = :user_id
     UNION ALL
-    SELECT p.referrer, up.level + 1, p.link_state FROM partner p JOIN up ON p.id = up.id
-    WHERE p.referrer IS NOT NULL AND up.level < :limit
+    SELECT p.referrer, p.user_id, p.kind, p.link_state, up.link_state, up.level + 1
+    FROM partner p JOIN up ON p.id = up.referrer WHERE up.level < :limit
 )
-SELECT partner.user_id, partner.kind, up.level, up.below_state FROM up JOIN partner ON partner.id = up.id
-ORDER BY up.level
+SELECT user_id, kind, level, below_state FROM up ORDER BY level
 """)
 
 

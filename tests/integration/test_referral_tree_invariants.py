@@ -118,6 +118,34 @@ def test_counters_match_a_recount_after_random_work(db: Database, levels: int) -
         db.run_sync(recount)
 
 
+def test_counters_match_a_recount_after_batches_of_new_users_under_partners(db: Database) -> None:
+    # Register's batches: every user new, every referrer a partner already. The database adds
+    # these up the chains itself (Forest.write), so the counters are checked against a recount
+    # with chains that share ancestors, several new users under one referrer, and a deep chain.
+    rng = random.Random(11)
+    clock = iter(T0 + timedelta(minutes=i) for i in range(10_000))
+    chain = [
+        Proposal(user_id=f"c{i}", kind="customer", referrer_id=f"c{i - 1}", linked_at=next(clock), source="t")
+        for i in range(1, 60)
+    ]
+    db.run_sync(lambda s: link_all(s, chain, Policy()))
+    partners = ["c0", *(p.user_id for p in chain)]
+    serial = iter(range(10_000))
+    for _ in range(25):
+        batch = []
+        for _ in range(rng.randint(1, 40)):
+            user = f"n{next(serial)}"
+            batch.append(
+                Proposal(
+                    user_id=user, kind="customer", referrer_id=rng.choice(partners), linked_at=next(clock), source="t"
+                )
+            )
+        outcomes = db.run_sync(lambda s, batch=batch: link_all(s, batch, Policy()))
+        assert {o.state for o in outcomes} == {LinkState.ACTIVE}
+        partners += [p.user_id for p in batch]
+        db.run_sync(recount)
+
+
 def test_a_cycle_is_refused_in_a_batch_and_against_the_database(db: Database) -> None:
     policy = Policy()
 
