@@ -24,6 +24,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, create_engine
 
+from services.foundation.checkpoints import Checkpointer
+
 log = logging.getLogger("alliance.db")
 
 T = TypeVar("T")
@@ -103,6 +105,7 @@ def _configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
         cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
         cursor.execute("PRAGMA foreign_keys=ON")
         if read_only:
             cursor.execute("PRAGMA query_only=ON")
@@ -149,6 +152,9 @@ class Database:
         # Set by the host: the subjects the service publishes; the outbox refuses any other.
         self.publishes: frozenset[str] | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._checkpointer: Checkpointer | None = None
+        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+            self._checkpointer = Checkpointer(str(self.url.database))
         self._read_engine, self._read_executor = self.engine, self._executor
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
             self._read_engine = create_engine(
@@ -201,6 +207,8 @@ class Database:
                 with self.session() as session:
                     with session.begin():
                         result = unit(session)
+                    if self._checkpointer is not None:
+                        self._checkpointer.committed()
                     # Only the attempt that committed: a retried attempt's callbacks went with it.
                     return result, session.info.pop(_AFTER_COMMIT, [])
             except DBAPIError as error:
@@ -232,6 +240,8 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         if self._read_engine is not self.engine:
             self._read_executor.shutdown(wait=True)
             self._read_engine.dispose()
