@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -39,6 +39,9 @@ class LinkState:
     REJECTED = "rejected"  # out of the tree; the user cannot be linked again
 
 
+ID_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class Partner(ReferralTable, table=True):
     """A user who has a code, was referred, or referred someone: a node of the referral forest,
     with the link that put it under its referrer."""
@@ -53,8 +56,10 @@ class Partner(ReferralTable, table=True):
         Index("ix_partner_referrer_linked", "referrer", "linked_at"),
     )
 
-    # Assigned in order under the link lock: a compact key for the parent pointer and pages.
-    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    # Assigned in order under the link lock: a compact key for the parent pointer and pages. On
+    # SQLite it is the rowid itself ("INTEGER PRIMARY KEY"): a partner found by id is one B-tree
+    # search, not a search of a separate key index and then of the table (every step of a chain).
+    id: int = Field(sa_column=Column(ID_TYPE, primary_key=True, autoincrement=False))
     user_id: str = Field(max_length=64, unique=True)
     kind: str = Field(max_length=16)  # customer | employee
     code: str | None = Field(default=None, max_length=16)  # the active code
