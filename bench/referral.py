@@ -251,6 +251,7 @@ async def measure_chain(service: ServiceProcess, url: str, levels: int) -> Chain
     stub = referral_pb2_grpc.ReferralServiceStub(channel)
     run = uuid.uuid4().hex[:6]
     name = [f"chain-{run}-{i}" for i in range(levels + 1)]
+    settle(url)
     before = database_size(url)
     links = [
         api.ImportedLink(user_id=name[i + 1], referrer_id=name[i], linked_at=at(i * 400))  # type: ignore[arg-type]
@@ -260,6 +261,7 @@ async def measure_chain(service: ServiceProcess, url: str, levels: int) -> Chain
     report = await import_links(stub, links, f"{run}-chain")
     seconds = time.perf_counter() - began
     assert report.linked + report.under_review == levels, report.refusals[:3]
+    settle(url)
     size = database_size(url) - before
     bottom, top = name[-1], name[0]
     path = await timed(lambda i: stub.GetPathToRoot(api.GetPathToRootRequest(user_id=bottom, max_levels=10_000)), 20)
