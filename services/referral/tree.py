@@ -287,7 +287,7 @@ class Forest:
                 else:
                     linked.append(row | (node.link or {}))
             else:
-                counters.append((node.descendants, node.direct, node.height, node.points_below, node.id))
+                counters.append((*(getattr(node, name) for name in _COUNTER_COLUMNS), node.id))
         connection = self.session.connection()
         if new_rows:
             connection.execute(PARTNER.insert(), new_rows)
