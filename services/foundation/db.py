@@ -153,10 +153,9 @@ class Database:
         self.publishes: frozenset[str] | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
         self._checkpointer: Checkpointer | None = None
-        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
-            self._checkpointer = Checkpointer(str(self.url.database))
         self._read_engine, self._read_executor = self.engine, self._executor
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+            self._checkpointer = Checkpointer(str(self.url.database))
             self._read_engine = create_engine(
                 self.url,
                 echo=echo,
