@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlmodel import Session, col
-from sqlmodel import select as sqlmodel_select
+from sqlmodel import Session
 
-from services.referral.models import LinkState, ReferralCode
+from services.foundation import driver_sql
+from services.referral.models import LinkState
 from services.referral.policy import Policy, VelocityRule
 from services.referral.tree import PARTNER, ROLLUP_IN_SQL_MAX, Forest, Node, lock_links
+
+LINKED_AT = PARTNER.c.linked_at
 
 
 class Refusal:
@@ -100,12 +101,12 @@ def _new_users_under_partners(
     )
 
 
-def _referrer_of(p: Proposal, codes: dict[str, ReferralCode]) -> str | None:
+def _referrer_of(p: Proposal, codes: dict[str, CodeOwner]) -> str | None:
     code = codes.get(p.code) if p.code else None
     return code.user_id if code is not None else p.referrer_id
 
 
-def _link_one(forest: Forest, codes: dict[str, ReferralCode], velocity: Velocity, p: Proposal) -> Outcome:
+def _link_one(forest: Forest, codes: dict[str, CodeOwner], velocity: Velocity, p: Proposal) -> Outcome:
     def refuse(reason: str, message: str, referrer_id: str | None = p.referrer_id) -> Outcome:
         return Outcome("refused", p.user_id, referrer_id, reason, message)
 
@@ -196,15 +197,18 @@ def _loop(forest: Forest, user: Node, referrer: Node) -> str:
     )
 
 
-def _load_codes(session: Session, codes: list[str]) -> dict[str, ReferralCode]:
-    found: dict[str, ReferralCode] = {}
+@dataclass(frozen=True, slots=True)
+class CodeOwner:
+    user_id: str
+    active: bool
+
+
+def _load_codes(session: Session, codes: list[str]) -> dict[str, CodeOwner]:
     unique = list(dict.fromkeys(codes))
-    for start in range(0, len(unique), 500):
-        for code in session.exec(
-            sqlmodel_select(ReferralCode).where(col(ReferralCode.code).in_(unique[start : start + 500]))
-        ):
-            found[code.code] = code
-    return found
+    if not unique:
+        return {}
+    found = driver_sql.rows(session, "SELECT code, user_id, active FROM referral_code WHERE code IN ({texts})", unique)
+    return {code: CodeOwner(user_id, bool(active)) for code, user_id, active in found}
 
 
 def busiest_window(times: Sequence[datetime], at: datetime, within: timedelta) -> int:
@@ -225,7 +229,12 @@ class Velocity:
     in the database (read once per batch, for every key the batch has, over the batch's time span)
     and those made earlier in this batch."""
 
-    _COLUMNS = {"referrer": "referrer", "device": "device_hash", "phone": "phone_hash"}  # partner columns
+    # The partner column each rule counts by, and what its values are.
+    _COLUMNS = {
+        "referrer": ("referrer", "{ints}"),
+        "device": ("device_hash", "{texts}"),
+        "phone": ("phone_hash", "{texts}"),
+    }
 
     def __init__(self, session: Session, rules: Sequence[VelocityRule]) -> None:
         self.session = session
@@ -238,29 +247,26 @@ class Velocity:
 
     def prefetch(self, proposals: Sequence[tuple[Proposal, str]], forest: Forest) -> None:
         """Read the stored registrations every check of this batch can count."""
+        stored = driver_sql.to_driver(self.session, LINKED_AT)
+        read = driver_sql.from_driver(self.session, LINKED_AT)
         for per in {rule.per for rule in self.rules}:
             window = max(rule.within for rule in self.rules if rule.per == per)
             keyed = [(p, key) for p, referrer_id in proposals if (key := self._key(per, p, referrer_id))]
-            if not keyed:
-                continue
-            low = min(p.linked_at for p, _ in keyed) - window
-            high = max(p.linked_at for p, _ in keyed) + window
             values: dict[object, str] = {}
             for _, key in keyed:
                 if per != "referrer":
                     values[key] = key
                 elif (node := forest.by_user.get(key)) is not None and not node.new:
                     values[node.id] = key  # links under a referrer are found by its partner id
-            column = PARTNER.c[self._COLUMNS[per]]
-            wanted = list(values)
-            for start in range(0, len(wanted), 500):
-                rows = self.session.execute(
-                    select(column, PARTNER.c.linked_at).where(
-                        column.in_(wanted[start : start + 500]), PARTNER.c.linked_at > low, PARTNER.c.linked_at <= high
-                    )
-                )
-                for value, linked_at in rows:
-                    self.times[(per, values[value])].append(linked_at)
+            if not values:
+                continue
+            low = min(p.linked_at for p, _ in keyed) - window
+            high = max(p.linked_at for p, _ in keyed) + window
+            column, values_of = self._COLUMNS[per]
+            sql = f"SELECT {column}, linked_at FROM partner WHERE {column} IN ({values_of})"
+            sql += " AND linked_at > ? AND linked_at <= ?"
+            for value, linked_at in driver_sql.rows(self.session, sql, list(values), stored(low), stored(high)):
+                self.times[(per, values[value])].append(read(linked_at))
         for times in self.times.values():
             times.sort()
 
