@@ -21,7 +21,14 @@ from services.foundation.ids import ts_fields
 from services.referral import codes, conversions, leaderboard, partners, reviews
 from services.referral.conversions import ConversionCommand
 from services.referral.linking import Outcome, Proposal, link_all
-from services.referral.models import Conversion, ConversionReward, LinkState, Partner, PartnerProduct
+from services.referral.models import (
+    Conversion,
+    ConversionReward,
+    LinkState,
+    Partner,
+    PartnerCounter,
+    PartnerProduct,
+)
 from services.referral.policy import Policy, PolicyBook
 from services.referral.settings import ReferralSettings
 from services.referral.tree import path_of_user
@@ -396,13 +403,13 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         user_id = validation.required_text(request.user_id, "user_id")
 
         def run(session: Session) -> api.GetPartnerResponse:
-            partner = _partner(session, user_id)
+            partner, counters = _partner_and_counters(session, user_id)
             message = api.Partner(
                 user_id=partner.user_id,
                 kind=KIND_ENUM.get(partner.kind, api.USER_KIND_CUSTOMER),
                 code=partner.code or "",
-                direct_referrals=partner.direct,
-                descendants=partner.descendants,
+                direct_referrals=counters.direct,
+                descendants=counters.descendants,
                 created_at=ts_fields(partner.created_at),
             )
             if partner.link_state != LinkState.NONE:
@@ -461,7 +468,7 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
         user_id = validation.required_text(request.user_id, "user_id")
 
         def run(session: Session) -> api.GetSubtreeStatsResponse:
-            partner = _partner(session, user_id)
+            partner, counters = _partner_and_counters(session, user_id)
             products = session.exec(
                 select(PartnerProduct)
                 .where(PartnerProduct.partner == partner.id, col(PartnerProduct.below) > 0)
@@ -469,12 +476,12 @@ class ReferralServicer(referral_pb2_grpc.ReferralServiceServicer):
             ).all()
             return api.GetSubtreeStatsResponse(
                 user_id=partner.user_id,
-                size=partner.descendants,
-                direct=partner.direct,
-                depth=partner.height,
+                size=counters.descendants,
+                direct=counters.direct,
+                depth=counters.height,
                 conversions=[api.ProductCount(product=p.product, conversions=p.below) for p in products],
-                referral_points=partner.points_own,
-                subtree_referral_points=partner.points_below,
+                referral_points=counters.points_own,
+                subtree_referral_points=counters.points_below,
             )
 
         return await self.db.read(run)
@@ -536,6 +543,17 @@ def register_many(
             )
             replies.append(api.RegisterResponse(link=link))
     return replies
+
+
+def _partner_and_counters(session: Session, user_id: str) -> tuple[Partner, PartnerCounter]:
+    found = session.exec(
+        select(Partner, PartnerCounter)
+        .join(PartnerCounter, col(PartnerCounter.id) == Partner.id)
+        .where(Partner.user_id == user_id)
+    ).first()
+    if found is None:
+        raise NotFound(f"user_id: no partner {user_id}")
+    return found
 
 
 def _partner(session: Session, user_id: str) -> Partner:

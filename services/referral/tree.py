@@ -14,7 +14,6 @@ and counters read and written back in one unit are never overwritten by another.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,14 +21,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, text, update
-from sqlmodel import Session, col
+from sqlmodel import Session
 
+from services.foundation import driver_sql
 from services.foundation.db import utcnow
 from services.foundation.schema import table_of
 from services.foundation.upsert import insert_or_add
-from services.referral.models import LinkState, Partner, PartnerProduct
+from services.referral.models import LinkState, Partner, PartnerCounter, PartnerProduct
 
 PARTNER = table_of(Partner)
+COUNTER = table_of(PartnerCounter)
 PRODUCT = table_of(PartnerProduct)
 # pg_advisory_xact_lock key of link writes ("referral" in ASCII); SQLite's BEGIN IMMEDIATE already
 # serializes writers.
@@ -41,30 +42,14 @@ _FEW_CHAINS = 64  # below this many starts, ancestors are loaded a chain per que
 ROLLUP_IN_SQL_MAX = 1_000
 ANALYZE_AFTER = 5_000  # new partners in one unit that make PostgreSQL's statistics stale
 
-_NODE_COLUMNS = [
-    "id",
-    "user_id",
-    "kind",
-    "code",
-    "referrer",
-    "link_state",
-    "linked_referrer_id",
-    "descendants",
-    "direct",
-    "height",
-    "points_own",
-    "points_below",
-]
-# What a newly linked partner's update writes: never its id, user, kind or code (IssueCode and
-# RevokeCode own those).
-_LINKED_COLUMNS = ["referrer", "link_state", "linked_referrer_id", "descendants", "direct", "height", "points_below"]
-# What an ancestor's update writes: its counters only.
-_COUNTER_COLUMNS = [
-    "descendants",
-    "direct",
-    "height",
-    "points_below",
-]  # not updated_at: a link below is not a change of the partner
+_PARTNER_COLUMNS = ["id", "user_id", "kind", "code", "referrer", "link_state", "linked_referrer_id"]
+_COUNTERS = ["descendants", "direct", "height", "points_own", "points_below"]  # partner_counter's
+# What linking a partner that exists writes: never its id, user, kind or code (IssueCode and
+# RevokeCode own those), and not its counters (written as any other touched partner's).
+_LINKED_COLUMNS = ["referrer", "link_state", "linked_referrer_id"]
+# What a touched partner's counters update writes (not updated_at: a link below is not a change
+# of the partner).
+_COUNTER_COLUMNS = ["descendants", "direct", "height", "points_below"]
 _LINK_COLUMNS = [
     "link_seq",
     "link_code",
@@ -77,29 +62,35 @@ _LINK_COLUMNS = [
 ]
 
 
-_SELECT_NODES = "SELECT " + ", ".join(f"partner.{name}" for name in _NODE_COLUMNS) + " FROM partner"
-_BY_IDS = f"{_SELECT_NODES} WHERE id IN ({{ids}})"
+# A Node's fields, in order.
+_NODE_SQL_COLUMNS = ", ".join(
+    [*(f"partner.{c}" for c in _PARTNER_COLUMNS), *(f"partner_counter.{c}" for c in _COUNTERS)]
+)
+_SELECT_NODES = f"SELECT {_NODE_SQL_COLUMNS} FROM partner JOIN partner_counter ON partner_counter.id = partner.id"
+_BY_IDS = f"{_SELECT_NODES} WHERE partner.id IN ({{ints}})"
 # The chain from each start upwards, the starts included: UNION (not ALL) walks a shared
 # ancestor once.
-_CHAIN = """WITH RECURSIVE up(id) AS ({ids} UNION
+_CHAIN = """WITH RECURSIVE up(id) AS ({ints} UNION
     SELECT p.referrer FROM partner p JOIN up ON p.id = up.id WHERE p.referrer IS NOT NULL)
 """
 _CHAINS_FROM_MANY = _CHAIN + f"{_SELECT_NODES} WHERE partner.id IN (SELECT id FROM up)"
-# Adds new leaves (`{ids}`, inserted already) to every partner above them: per ancestor, how many
+# Adds new leaves (`{ints}`, inserted already) to every partner above them: per ancestor, how many
 # arrived below it, how many directly, and the longest distance down to one.
 _ADD_NEW_LEAVES = """WITH RECURSIVE chain(id, level) AS (
-    SELECT referrer, 1 FROM partner WHERE id IN ({ids})
+    SELECT referrer, 1 FROM partner WHERE id IN ({ints})
     UNION ALL
     SELECT p.referrer, chain.level + 1 FROM chain JOIN partner p ON p.id = chain.id WHERE p.referrer IS NOT NULL
 ), added(id, below, under, down) AS (
     SELECT id, count(*), sum(CASE WHEN level = 1 THEN 1 ELSE 0 END), max(level) FROM chain GROUP BY id
 )
-UPDATE partner SET descendants = partner.descendants + added.below, direct = partner.direct + added.under,
-    height = {greatest}(partner.height, added.down)
-FROM added WHERE partner.id = added.id
+UPDATE partner_counter SET descendants = partner_counter.descendants + added.below,
+    direct = partner_counter.direct + added.under, height = {greatest}(partner_counter.height, added.down)
+FROM added WHERE partner_counter.id = added.id
 """
 # From one start, given as a scalar: PostgreSQL plans that by the primary key, however deep.
-_CHAIN_FROM_ONE = _CHAIN.replace("{ids}", "SELECT CAST(? AS BIGINT)") + f"{_SELECT_NODES} JOIN up ON partner.id = up.id"
+_CHAIN_FROM_ONE = (
+    _CHAIN.replace("{ints}", "SELECT CAST(? AS BIGINT)") + f"{_SELECT_NODES} JOIN up ON partner.id = up.id"
+)
 
 
 def lock_links(session: Session) -> None:
@@ -162,26 +153,16 @@ class Forest:
         return node
 
     def _rows(self, sql: str, *params: object) -> list[Sequence[Any]]:
-        """Rows of `sql`, if any (qmark style; `{ids}` or `{user_ids}` stand for the values of the
-        list parameter). Straight to the driver: a batch reads hundreds of partners, and SQLAlchemy's
-        per-row processing of a mapped select cost more than the queries."""
-        connection = self.session.connection()
-        if connection.dialect.name == "postgresql":
-            sql = sql.replace("{ids}", "SELECT unnest(CAST(? AS BIGINT[]))")
-            sql = sql.replace("{user_ids}", "SELECT unnest(CAST(? AS TEXT[]))").replace("?", "%s")
-        else:  # one JSON parameter, however many values (SQLite caps bound parameters)
-            sql = sql.replace("{ids}", "SELECT value FROM json_each(?)")
-            sql = sql.replace("{user_ids}", "SELECT value FROM json_each(?)")
-            params = tuple(json.dumps(p) if isinstance(p, list) else p for p in params)
-        result = connection.exec_driver_sql(sql, params)
-        return list(result) if result.returns_rows else []
+        # A batch reads hundreds of partners: SQLAlchemy's processing of each row of a mapped
+        # select cost more than the queries.
+        return driver_sql.rows(self.session, sql, *params)
 
     def load_users(self, user_ids: Iterable[str]) -> None:
         """Load the partners of these users that exist, in one query."""
         wanted = [u for u in dict.fromkeys(user_ids) if u not in self.by_user and u not in self._absent]
         if not wanted:
             return
-        for row in self._rows(f"{_SELECT_NODES} WHERE user_id IN ({{user_ids}})", wanted):
+        for row in self._rows(f"{_SELECT_NODES} WHERE user_id IN ({{texts}})", wanted):
             self._keep(Node.from_tuple(row))
         self._absent.update(u for u in wanted if u not in self.by_user)
 
@@ -234,18 +215,25 @@ class Forest:
 
     def create(self, user_id: str, kind: str) -> Node:
         if self._next_id is None:
-            self._next_id = (self.session.execute(select(func.max(PARTNER.c.id))).scalar() or 0) + 1
+            self._number_from_stored()
+        assert self._next_id is not None
         node = Node(id=self._next_id, user_id=user_id, kind=kind, new=True)
         self._next_id += 1
         self._absent.discard(user_id)
         return self._keep(node)
+
+    def _number_from_stored(self) -> None:
+        """Partner ids and link numbers go on from the largest stored (the link lock is held)."""
+        [(last_id, last_seq)] = self._rows("SELECT (SELECT max(id) FROM partner), (SELECT max(link_seq) FROM partner)")
+        self._next_id, self._next_seq = (last_id or 0) + 1, (last_seq or 0) + 1
 
     def attach(self, child: Node, parent: Node, state: str, link: dict[str, object]) -> None:
         child.referrer = parent.id
         child.link_state = state
         child.linked_referrer_id = parent.user_id
         if self._next_seq is None:
-            self._next_seq = (self.session.execute(select(func.max(PARTNER.c.link_seq))).scalar() or 0) + 1
+            self._number_from_stored()
+        assert self._next_seq is not None
         child.link = link | {"link_seq": self._next_seq}
         self._next_seq += 1
         parent.direct += 1  # seen at once by the cycle checks of later links in the batch
@@ -269,7 +257,8 @@ class Forest:
         rolled_up_in_sql = self.only_new_leaves()
         changes = {} if rolled_up_in_sql else self._counter_changes()
         now = utcnow()
-        new_rows: list[dict[str, object]] = []
+        new_partners: list[dict[str, object]] = []
+        new_counters: list[dict[str, object]] = []
         linked: list[dict[str, object]] = []
         counters: list[tuple[object, ...]] = []
         for node in self.by_id.values():
@@ -280,30 +269,30 @@ class Forest:
                 node.descendants += change.descendants
                 node.points_below += change.points
                 node.height = max(node.height, change.height)
-            if node.new or node.link is not None:
-                row = {name: getattr(node, name) for name in _NODE_COLUMNS} | {"updated_at": now}
-                if node.new:
-                    new_rows.append(row | {c: None for c in _LINK_COLUMNS} | (node.link or {}) | {"created_at": now})
-                else:
-                    linked.append(row | (node.link or {}))
-            else:
-                counters.append((*(getattr(node, name) for name in _COUNTER_COLUMNS), node.id))
+            if node.new:
+                row = {name: getattr(node, name) for name in _PARTNER_COLUMNS} | dict.fromkeys(_LINK_COLUMNS)
+                new_partners.append(row | (node.link or {}) | {"created_at": now, "updated_at": now})
+                new_counters.append({name: getattr(node, name) for name in ["id", *_COUNTERS]})
+                continue
+            if node.link is not None:
+                row = {name: getattr(node, name) for name in ["id", *_LINKED_COLUMNS]}
+                linked.append(row | node.link | {"updated_at": now})
+            counters.append((*(getattr(node, name) for name in _COUNTER_COLUMNS), node.id))
         connection = self.session.connection()
-        if new_rows:
-            connection.execute(PARTNER.insert(), new_rows)
-            if len(new_rows) >= ANALYZE_AFTER and connection.dialect.name == "postgresql":
+        if new_partners:
+            driver_sql.insert(self.session, PARTNER, new_partners)
+            driver_sql.insert(self.session, COUNTER, new_counters)
+            if len(new_partners) >= ANALYZE_AFTER and connection.dialect.name == "postgresql":
                 # Statistics of a table that grew by a bulk import lag until autovacuum comes by;
                 # meanwhile the next batch's lookups were planned as whole-table scans (seconds each).
                 connection.execute(text("ANALYZE partner"))
+                connection.execute(text("ANALYZE partner_counter"))
         if rolled_up_in_sql and self._attached:
             greatest = "GREATEST" if connection.dialect.name == "postgresql" else "max"
             self._rows(_ADD_NEW_LEAVES.replace("{greatest}", greatest), [child.id for child in self._attached])
-        if counters:
-            # The bulk of a link's work: one row per ancestor. Straight to the driver: SQLAlchemy's
-            # per-row parameter processing cost as much as the updates themselves.
-            mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-            assignments = ", ".join(f"{name} = {mark}" for name in _COUNTER_COLUMNS)
-            connection.exec_driver_sql(f"UPDATE partner SET {assignments} WHERE id = {mark}", counters)
+        # The bulk of a link's work: one row per ancestor.
+        assignments = ", ".join(f"{name} = ?" for name in _COUNTER_COLUMNS)
+        driver_sql.execute_many(self.session, f"UPDATE partner_counter SET {assignments} WHERE id = ?", counters)
         if linked:
             names = [*_LINKED_COLUMNS, *_LINK_COLUMNS, "updated_at"]
             statement = (
@@ -390,7 +379,8 @@ WITH RECURSIVE up(id, level) AS (
     SELECT p.referrer, up.level + 1 FROM partner p JOIN up ON p.id = up.id
     WHERE p.referrer IS NOT NULL AND up.level < :limit
 )
-SELECT {columns}, up.level AS level FROM up JOIN partner ON partner.id = up.id ORDER BY up.level
+SELECT {columns}, up.level AS level FROM up JOIN partner ON partner.id = up.id
+JOIN partner_counter ON partner_counter.id = partner.id ORDER BY up.level
 """
 
 
@@ -399,11 +389,12 @@ def path_rows(
 ) -> list[dict[str, Any]]:
     """The partner (if `include_self`, level 0) and its ancestors nearest first (level 1 = its
     referrer), at most `limit` levels up."""
-    columns = ", ".join(f"partner.{c}" for c in _NODE_COLUMNS)
     if include_self:
-        sql = _PATH.format(start=":start", first="0", columns=columns)
+        sql = _PATH.format(start=":start", first="0", columns=_NODE_SQL_COLUMNS)
     else:
-        sql = _PATH.format(start="(SELECT referrer FROM partner WHERE id = :start)", first="1", columns=columns)
+        sql = _PATH.format(
+            start="(SELECT referrer FROM partner WHERE id = :start)", first="1", columns=_NODE_SQL_COLUMNS
+        )
     rows = session.execute(text(sql), {"start": partner_id, "limit": limit}).mappings()
     return [dict(row) for row in rows if row["id"] is not None]
 
@@ -442,13 +433,13 @@ def add_up_chain(
         connection.execute(insert_or_add(connection, PRODUCT, ["partner", "product"], ["own", "below"]), rows)
     if points:
         session.execute(
-            update(Partner).where(col(Partner.id) == partner_id).values(points_own=Partner.points_own + points)
+            update(COUNTER).where(COUNTER.c.id == partner_id).values(points_own=COUNTER.c.points_own + points)
         )
         for start in range(0, len(above), _CHUNK):
             session.execute(
-                update(Partner)
-                .where(col(Partner.id).in_(above[start : start + _CHUNK]))
-                .values(points_below=Partner.points_below + points)
+                update(COUNTER)
+                .where(COUNTER.c.id.in_(above[start : start + _CHUNK]))
+                .values(points_below=COUNTER.c.points_below + points)
             )
 
 
@@ -456,10 +447,11 @@ def detach(session: Session, child_id: int, *, now: datetime) -> None:
     """Take a partner and its subtree out from under its referrer: every ancestor loses the
     subtree's counters, and heights are recomputed from the remaining children."""
     child = session.get(Partner, child_id)
-    assert child is not None and child.referrer is not None
+    counters = session.get(PartnerCounter, child_id)
+    assert child is not None and child.referrer is not None and counters is not None
     above = path_rows(session, child_id)
-    size = child.descendants + 1
-    points = child.points_own + child.points_below
+    size = counters.descendants + 1
+    points = counters.points_own + counters.points_below
     moved = {
         product: own + below
         for product, own, below in session.execute(
@@ -476,22 +468,23 @@ def detach(session: Session, child_id: int, *, now: datetime) -> None:
     heights_changing = True  # once an ancestor keeps its height, every one above keeps theirs
     for row in above:
         values: dict[str, object] = {
-            "descendants": Partner.descendants - size,
-            "points_below": Partner.points_below - points,
-            "updated_at": now,
+            "descendants": COUNTER.c.descendants - size,
+            "points_below": COUNTER.c.points_below - points,
         }
         if row["id"] == parent_id:
-            values["direct"] = Partner.direct - 1
+            values["direct"] = COUNTER.c.direct - 1
         if heights_changing:
             tallest = session.execute(
-                select(func.max(PARTNER.c.height)).where(PARTNER.c.referrer == row["id"])
+                select(func.max(COUNTER.c.height))
+                .select_from(COUNTER.join(PARTNER, PARTNER.c.id == COUNTER.c.id))
+                .where(PARTNER.c.referrer == row["id"])
             ).scalar()
             height = 0 if tallest is None else tallest + 1
             if height != row["height"]:
                 values["height"] = height
             else:
                 heights_changing = False
-        session.execute(update(Partner).where(col(Partner.id) == row["id"]).values(values))
+        session.execute(update(COUNTER).where(COUNTER.c.id == row["id"]).values(values))
         for product, count in moved.items():
             connection.execute(
                 update(PRODUCT)

@@ -11,13 +11,21 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from services.foundation.db import Database
 from services.referral import conversions, reviews
 from services.referral.conversions import ConversionCommand
 from services.referral.linking import Proposal, link_all
-from services.referral.models import SCHEMA, ConversionReward, LeaderboardCount, LinkState, Partner, PartnerProduct
+from services.referral.models import (
+    SCHEMA,
+    ConversionReward,
+    LeaderboardCount,
+    LinkState,
+    Partner,
+    PartnerCounter,
+    PartnerProduct,
+)
 from services.referral.policy import Policy, ReferralCampaign
 from tests.support import database_with
 
@@ -30,9 +38,17 @@ def db(database_url: str) -> Iterator[Database]:
         yield database
 
 
+def counters_of(session: Session, user_id: str) -> PartnerCounter:
+    return session.exec(
+        select(PartnerCounter).join(Partner, col(Partner.id) == PartnerCounter.id).where(Partner.user_id == user_id)
+    ).one()
+
+
 def recount(session: Session) -> None:
     """Assert every stored counter equals the one computed from the parent pointers."""
     partners = {p.id: p for p in session.exec(select(Partner)).all()}
+    counters = {c.id: c for c in session.exec(select(PartnerCounter)).all()}
+    assert counters.keys() == partners.keys(), "a partner without its counters row, or counters of nobody"
     children: dict[int, list[int]] = defaultdict(list)
     for p in partners.values():
         if p.referrer is not None:
@@ -40,7 +56,7 @@ def recount(session: Session) -> None:
     own: dict[int, dict[str, int]] = defaultdict(dict)
     for row in session.exec(select(PartnerProduct)).all():
         own[row.partner][row.product] = row.own
-    points_own = {p.id: p.points_own for p in partners.values()}
+    points_own = {c.id: c.points_own for c in counters.values()}
     rewards = session.exec(select(ConversionReward)).all()
     by_user = {p.user_id: p.id for p in partners.values()}
     expected_points: dict[int, int] = defaultdict(int)
@@ -61,9 +77,9 @@ def recount(session: Session) -> None:
     points: dict[int, int] = defaultdict(int)
     products: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for node in reversed(order):
-        p = partners[node]
-        assert (p.descendants, p.height, p.direct) == (size[node], height[node], len(children[node])), p.user_id
-        assert p.points_below == points[node] and p.points_own == expected_points[node], p.user_id
+        p, c = partners[node], counters[node]
+        assert (c.descendants, c.height, c.direct) == (size[node], height[node], len(children[node])), p.user_id
+        assert c.points_below == points[node] and c.points_own == expected_points[node], p.user_id
         for product, count in products[node].items():
             assert stored_below.get((node, product), 0) == count, (p.user_id, product)
         if p.referrer is not None:
@@ -178,7 +194,7 @@ def test_a_chain_of_ten_thousand_levels(db: Database) -> None:
     ]
     outcomes = db.run_sync(lambda s: link_all(s, batch, policy))
     assert all(o.state == "active" for o in outcomes)
-    top = db.run_sync(lambda s: s.exec(select(Partner).where(Partner.user_id == "c0")).one())
+    top = db.run_sync(lambda s: counters_of(s, "c0"))
     assert (top.descendants, top.height, top.direct) == (n, n, 1)
     # One more link at the bottom updates all 10,000 ancestors; a loop from the bottom is refused.
     db.run_sync(
@@ -228,6 +244,6 @@ def test_a_reversal_before_its_award_waits_for_it(db: Database) -> None:
         db.run_sync(lambda s: conversions.take_points(s, event_id=reward.event_id, points=100))
     db.run_sync(lambda s: conversions.add_points(s, event_id=reward.event_id, transaction_id="t1", points=100))
     db.run_sync(lambda s: conversions.take_points(s, event_id=reward.event_id, points=100))
-    x = db.run_sync(lambda s: s.exec(select(Partner).where(Partner.user_id == "x")).one())
+    x = db.run_sync(lambda s: counters_of(s, "x"))
     assert x.points_own == 0
     db.run_sync(recount)
