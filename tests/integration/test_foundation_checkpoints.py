@@ -82,3 +82,35 @@ def test_the_wal_stays_bounded_under_a_steady_writer(path: Path) -> None:
     # Each checkpoint lets the next commit begin the WAL again; without them it holds every row.
     assert wal < 4 << 20, wal
     assert len(in_database_file(path)) == 1_500
+
+
+def test_past_the_limit_the_writers_next_commit_restarts_the_wal(path: Path) -> None:
+    """The checkpoint thread never waits for a writer, even with the WAL past the limit; the
+    restart runs on the writer's thread, between its transactions: when `committed` returns, the
+    WAL is copied back whole and the next transaction writes it from the start."""
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE kit_test_note (key TEXT PRIMARY KEY, n BLOB)")
+    checkpointer = Checkpointer(str(path), delay=60, limit=256 << 10)  # its thread stays out of it
+    observer = sqlite3.connect(path, isolation_level=None)
+    try:
+        for i in range(100):  # about 800 KB of WAL
+            writer.execute("INSERT INTO kit_test_note VALUES (?, ?)", (f"k{i}", b"x" * 8000))
+        writer.execute("BEGIN IMMEDIATE")  # a transaction under way
+        writer.execute("INSERT INTO kit_test_note VALUES ('after', x'00')")
+        passive = threading.Thread(target=checkpointer.checkpoint)
+        passive.start()
+        passive.join(timeout=5)
+        waited = passive.is_alive()  # a RESTART here would wait out the transaction
+        writer.execute("COMMIT")
+        passive.join()
+        checkpointer.committed()
+        writer.execute("INSERT INTO kit_test_note VALUES ('next', x'00')")
+        _busy, frames, _copied = observer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        observer.close()
+        checkpointer.close()
+        writer.close()
+    assert not waited
+    assert frames < 10, frames  # without the restart: the 100 rows' frames and more
