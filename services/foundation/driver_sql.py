@@ -30,14 +30,14 @@ def _for_driver(session: Session, sql: str) -> tuple[str, bool]:
     return sql, True
 
 
-def rows(session: Session, sql: str, *params: object) -> list[Sequence[Any]]:
+def rows(session: Session, sql: str, *params: object) -> Sequence[Sequence[Any]]:
     """The rows of one statement in the session's transaction (none for a statement that returns
     none)."""
     sql, as_json = _for_driver(session, sql)
     if as_json:
         params = tuple(json.dumps(p) if isinstance(p, list) else p for p in params)
     result = session.connection().exec_driver_sql(sql, params)
-    return list(result) if result.returns_rows else []
+    return result.fetchall() if result.returns_rows else []
 
 
 def execute_many(session: Session, sql: str, param_rows: Sequence[Sequence[object]]) -> None:

@@ -152,7 +152,7 @@ class Forest:
         self.by_user[node.user_id] = node
         return node
 
-    def _rows(self, sql: str, *params: object) -> list[Sequence[Any]]:
+    def _rows(self, sql: str, *params: object) -> Sequence[Sequence[Any]]:
         # A batch reads hundreds of partners: SQLAlchemy's processing of each row of a mapped
         # select cost more than the queries.
         return driver_sql.rows(self.session, sql, *params)
