@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 
 from alliance.v1 import benefits_pb2, benefits_pb2_grpc, points_pb2, points_pb2_grpc
-from bench import referral
+from bench import dispatch, referral
 from bench.load import LoadResult, run_load
 from bench.rules_engine import engine_evaluations_per_second
 from services.foundation.child_service import ServiceProcess
@@ -226,6 +226,9 @@ async def main(args: argparse.Namespace) -> int:
                 rows += await referral.measure(Path(tmp), args, empty.call, interleaved)
             finally:
                 await empty.close()
+        if args.only in (None, "dispatch"):
+            print("dispatch: solving the cutoff's assignment", flush=True)
+            rows += dispatch.measure()
     text = table(rows)
     print(text)
     print("\n".join(notes))
@@ -315,7 +318,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per RPC and for its baseline")
     parser.add_argument("--rounds", type=int, default=5, help="alternating windows of RPC and baseline")
     parser.add_argument("--channels", type=int, default=1, help="client connections, calls spread over them")
-    parser.add_argument("--only", choices=["points", "referral"], help="measure one service only")
+    parser.add_argument("--only", choices=["points", "referral", "dispatch"], help="measure one part only")
     parser.add_argument("--tree-users", type=int, default=1_000_000, help="users of the referral tree")
     parser.add_argument("--chain", type=int, default=10_000, help="levels of the referral chain")
     parser.add_argument("--skip-postgres", action="store_true", help="referral on SQLite only")
