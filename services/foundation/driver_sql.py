@@ -43,7 +43,8 @@ def rows(session: Session, sql: str, *params: object) -> Sequence[Sequence[Any]]
 def execute_many(session: Session, sql: str, param_rows: Sequence[Sequence[object]]) -> None:
     """One statement run once per parameter row, in the session's transaction."""
     if param_rows:
-        session.connection().exec_driver_sql(_for_driver(session, sql)[0], [tuple(row) for row in param_rows])
+        batch = [row if isinstance(row, tuple) else tuple(row) for row in param_rows]  # the driver takes tuples
+        session.connection().exec_driver_sql(_for_driver(session, sql)[0], batch)
 
 
 def to_driver(session: Session, column: Column[Any]) -> Callable[[Any], Any]:
