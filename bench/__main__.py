@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 
 from alliance.v1 import benefits_pb2, benefits_pb2_grpc, points_pb2, points_pb2_grpc
-from bench import dispatch, referral
+from bench import dispatch, dispatch_grab, referral
 from bench.load import LoadResult, run_load
 from bench.rules_engine import engine_evaluations_per_second
 from services.foundation.child_service import ServiceProcess
@@ -229,6 +229,12 @@ async def main(args: argparse.Namespace) -> int:
         if args.only in (None, "dispatch"):
             print("dispatch: solving the cutoff's assignment", flush=True)
             rows += dispatch.measure()
+            empty = EmptyServer(args.channels)
+            try:
+                await empty.ready()
+                rows += await dispatch_grab.measure(Path(tmp), empty.call)
+            finally:
+                await empty.close()
     text = table(rows)
     print(text)
     print("\n".join(notes))

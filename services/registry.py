@@ -41,5 +41,6 @@ SERVICES: dict[str, Registered] = {
     for r in [
         Registered("points", grpc_port=50051, metrics_port=9464, module="services.points.service"),
         Registered("referral", grpc_port=50052, metrics_port=9465, module="services.referral.service"),
+        Registered("dispatch", grpc_port=50053, metrics_port=9466, module="services.dispatch.service"),
     ]
 }

@@ -7,6 +7,7 @@ alliance rules simulate ...      dry-run an event against a campaign
 alliance points balance USER     ask a running points service
 alliance referral tree USER      ask a running referral service (codes, reviews, imports, ...)
 alliance referral simulate S.json  dry-run the referral rules on a scenario
+alliance dispatch pool MANAGER   ask a running dispatch service (orders, run-cutoff --dry-run, ...)
 alliance db upgrade points       upgrade a service's database schema
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import db_commands, dev_run, points_commands, referral_commands, serve
+from services.cli import db_commands, dev_run, dispatch_commands, points_commands, referral_commands, serve
 from services.cli.benefits_commands import add_benefits_parser
 from services.cli.rules_commands import add_rules_parser
 
@@ -34,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
     add_benefits_parser(commands)
     points_commands.add_parser(commands)
     referral_commands.add_parser(commands)
+    dispatch_commands.add_parser(commands)
     db_commands.add_parser(commands)
     return root
 

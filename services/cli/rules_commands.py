@@ -1,6 +1,7 @@
-"""`alliance rules validate` and `alliance rules simulate`: check rule files (campaigns and
-referral policies) and dry-run an event against a campaign, for the ops staff who edit them.
-Neither writes anything. (Referral registrations are dry-run by `alliance referral simulate`.)"""
+"""`alliance rules validate` and `alliance rules simulate`: check rule files (campaigns, referral
+policies and dispatch policies) and dry-run an event against a campaign, for the ops staff who edit
+them. Neither writes anything. (Referral registrations are dry-run by `alliance referral simulate`,
+a dispatch cutoff by `alliance dispatch run-cutoff --dry-run`.)"""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import argparse
 import json
 import re
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from services.dispatch.policy import Policy as DispatchPolicy
+from services.dispatch.policy import load_policy as load_dispatch_policy
 from services.foundation.rules.book import duplicate_ids
 from services.foundation.rules.engine import Matcher
 from services.foundation.rules.errors import RuleFileError
@@ -25,12 +28,15 @@ from services.referral.policy import PolicyFile, load_policy
 
 RULE_FILE_PATTERNS = ("*.yaml", "*.yml")
 REFERRAL_DIRECTORY = "referral"  # rules/referral/: the referral service's policy files
+DISPATCH_DIRECTORY = "dispatch"  # rules/dispatch/: the dispatch service's policy file
 _POLICY_KEY = re.compile(rb"^policy[ \t]*:", re.MULTILINE)
+_FALLBACK_BRANCH_KEY = re.compile(rb"^fallback_branch[ \t]*:", re.MULTILINE)
 
 
 def add_rules_parser(subparsers: Any) -> None:
     rules = subparsers.add_parser(
-        "rules", help="check rule files (campaigns, referral policies) and dry-run events against campaigns"
+        "rules",
+        help="check rule files (campaigns, referral and dispatch policies) and dry-run events against campaigns",
     )
     commands = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
 
@@ -38,15 +44,17 @@ def add_rules_parser(subparsers: Any) -> None:
         "validate",
         help="check rule files; every error with file:line; exit 1 if any is bad",
         description="Check rule files (or every *.yaml/*.yml under directories) the way a running service "
-        "would load them, including ids that clash across files. Files under a 'referral' directory, or whose "
-        "top-level key is 'policy:', are referral policies (the referral service's rules); the others are "
-        "campaigns (the points service's).",
+        "would load them, including ids that clash across files. Files under a 'dispatch' directory, or with "
+        "top-level keys 'policy:' and 'fallback_branch:', are dispatch policies (the dispatch service's rules; "
+        "it reads one file, so a second one in the same directory is refused); files under a 'referral' "
+        "directory, or with another top-level 'policy:', are referral policies (the referral service's); the "
+        "others are campaigns (the points service's).",
         epilog="examples:\n  alliance rules validate rules/\n  alliance rules validate rules/referral/default.yaml "
-        "rules/campaigns/referral-autumn-2026.yaml",
+        "rules/campaigns/referral-autumn-2026.yaml\n  alliance rules validate rules/dispatch",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate_cmd.add_argument(
-        "paths", nargs="+", metavar="PATH", help="a campaign file, a referral policy file or a directory"
+        "paths", nargs="+", metavar="PATH", help="a campaign file, a referral or dispatch policy file, or a directory"
     )
     validate_cmd.set_defaults(func=validate)
 
@@ -91,15 +99,22 @@ def validate(args: argparse.Namespace) -> int:
             contents[file] = Path(file).read_bytes()
         except OSError as error:
             errors[file] = RuleFileError(file, None, "", f"cannot be read: {error.strerror or error}")
-    policy_files = [f for f in contents if is_referral_policy(f, contents[f])]
+    dispatch_files = [f for f in contents if is_dispatch_policy(f, contents[f])]
+    dispatch_policies, dispatch_errors = load_dispatch_policies({f: contents[f] for f in dispatch_files})
+    errors.update(dispatch_errors)
+    policy_files = [f for f in contents if f not in dispatch_files and is_referral_policy(f, contents[f])]
     policies, policy_errors = load_policies({f: contents[f] for f in policy_files})
     errors.update(policy_errors)
-    campaigns, campaign_errors = _load_campaigns({f: c for f, c in contents.items() if f not in policy_files})
+    campaigns, campaign_errors = _load_campaigns(
+        {f: c for f, c in contents.items() if f not in policy_files and f not in dispatch_files}
+    )
     errors.update(campaign_errors)
     for file in files:
         if file in errors:
             for problem in errors[file].problems:
                 print(problem)
+        elif file in dispatch_policies:
+            print(f"OK {file} ({_dispatch_summary(dispatch_policies[file])})")
         elif file in policies:
             print(f"OK {file} ({_policy_summary(policies[file])})")
         else:
@@ -111,8 +126,52 @@ def validate(args: argparse.Namespace) -> int:
 
 def is_referral_policy(file: str, content: bytes) -> bool:
     """A referral policy file: in a `referral` directory (the service reads RULES_DIR/referral), or
-    with a top-level `policy:` key."""
-    return Path(file).parent.name == REFERRAL_DIRECTORY or _POLICY_KEY.search(content) is not None
+    with a top-level `policy:` key (and not a dispatch policy: see is_dispatch_policy)."""
+    if Path(file).parent.name == REFERRAL_DIRECTORY:
+        return True
+    return _POLICY_KEY.search(content) is not None and not is_dispatch_policy(file, content)
+
+
+def is_dispatch_policy(file: str, content: bytes) -> bool:
+    """A dispatch policy file: in a `dispatch` directory (the service reads RULES_DIR/dispatch), or
+    with top-level `policy:` and `fallback_branch:` keys (a referral policy has no fallback branch)."""
+    if Path(file).parent.name == DISPATCH_DIRECTORY:
+        return True
+    return _POLICY_KEY.search(content) is not None and _FALLBACK_BRANCH_KEY.search(content) is not None
+
+
+def load_dispatch_policies(
+    contents: Mapping[str, bytes],
+) -> tuple[dict[str, DispatchPolicy], dict[str, RuleFileError]]:
+    """Dispatch policy files as the dispatch service loads them: each file on its own; the service
+    reads one file per directory (the first good one by name rules), so the other good files of a
+    `dispatch` directory are refused."""
+    policies: dict[str, DispatchPolicy] = {}
+    errors: dict[str, RuleFileError] = {}
+    for file, content in contents.items():
+        try:
+            policies[file] = load_dispatch_policy(file, content)
+        except RuleFileError as error:
+            errors[file] = error
+    ruling: dict[Path, str] = {}
+    for file in sorted(policies):
+        directory = Path(file).parent
+        if directory.name != DISPATCH_DIRECTORY:
+            continue  # a draft elsewhere: checked on its own
+        if directory not in ruling:
+            ruling[directory] = file
+            continue
+        found = _POLICY_KEY.search(contents[file])
+        line = contents[file].count(b"\n", 0, found.start()) + 1 if found else None
+        errors[file] = RuleFileError(
+            file,
+            line,
+            "policy",
+            f"{ruling[directory]} is the dispatch policy in force (the first file by name); the service "
+            "ignores this one: merge the two files",
+        )
+        del policies[file]
+    return policies, errors
 
 
 def load_policies(contents: Mapping[str, bytes]) -> tuple[dict[str, PolicyFile], dict[str, RuleFileError]]:
@@ -171,6 +230,31 @@ def _policy_summary(policy: PolicyFile) -> str:
     if policy.campaigns:
         summary += f", {len(policy.campaigns)} campaign{'' if len(policy.campaigns) == 1 else 's'}"
     return summary
+
+
+def _dispatch_summary(policy: DispatchPolicy) -> str:
+    products = len(policy.product_cutoffs)
+    summary = (
+        f"dispatch policy {policy.id}, version {policy.version}, cutoff {policy.cutoff:%H:%M} {policy.timezone.key}"
+    )
+    if products:
+        times = ", ".join(f"{p} {at:%H:%M}" for p, at in sorted(policy.product_cutoffs.items()))
+        summary += f", {products} product cutoff{'' if products == 1 else 's'} ({times})"
+    summary += f", preferred window {_span(policy.preferred_window)}"
+    if policy.contact_within is None:
+        summary += ", no contact SLA"
+    else:
+        then = ", then back to the pool" if policy.return_to_pool else ""
+        summary += f", SLA contact within {_span(policy.contact_within)}{then}"
+    return summary + f", fallback branch {policy.fallback_branch}"
+
+
+def _span(span: timedelta) -> str:
+    """90s, 30m, 2h, 1h30m (the rule file's own notation); 0m for nothing."""
+    minutes, seconds = divmod(int(span.total_seconds()), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n]
+    return "".join(parts) or "0m"
 
 
 def _rule_files(directory: Path, recursive: bool) -> Iterator[Path]:

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = sorted(p for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 # Each kind of rule file, mounted from a ConfigMap of its own (deploy/base/rules).
-RULE_DIRS = ["campaigns", "referral"]
+RULE_DIRS = ["campaigns", "referral", "dispatch"]
 rules_param = pytest.mark.parametrize("kind", RULE_DIRS)
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod", "CronJob"}

@@ -14,7 +14,16 @@ import grpc
 import nats
 import pytest
 
-from alliance.v1 import benefits_pb2_grpc, points_pb2_grpc, referral_pb2, referral_pb2_grpc
+from alliance.v1 import (
+    benefits_pb2_grpc,
+    dispatch_pb2,
+    dispatch_pb2_grpc,
+    points_pb2_grpc,
+    referral_pb2,
+    referral_pb2_grpc,
+)
+from services.dispatch.service import SERVICE as DISPATCH
+from services.dispatch.settings import DispatchSettings
 from services.foundation.host import ServiceHost
 from services.foundation.nats_server import EmbeddedNats
 from services.points.service import SERVICE as POINTS
@@ -160,3 +169,125 @@ def other_database_url(database_url: str, tmp_path: Path, request: pytest.Fixtur
     name, url = fresh_postgres_database(admin)
     yield url
     drop_postgres_database(admin, name)
+
+
+# -- dispatch ----------------------------------------------------------------------------------------
+
+DISPATCH_POLICY = """\
+policy: test-dispatch
+title: Dispatch policy for tests
+timezone: Asia/Shanghai
+cutoff: "17:00"
+products:
+  - {product: loan, cutoff: "16:00"}
+preferred_window: 30m
+sla: {contact_within: 2h, return_to_pool: true}
+fallback_branch: HQ
+"""
+
+
+@dataclass
+class DispatchUnderTest:
+    host: ServiceHost
+    stub: dispatch_pb2_grpc.DispatchServiceStub
+    channel: grpc.aio.Channel
+    rules_dir: Path
+    settings: DispatchSettings
+
+    async def branch(self, branch_id: str, lat: float, lon: float) -> dispatch_pb2.Branch:
+        location = dispatch_pb2.LatLng(latitude=lat, longitude=lon)
+        request = dispatch_pb2.UpsertBranchRequest(branch_id=branch_id, name=f"Branch {branch_id}", location=location)
+        return (await self.stub.UpsertBranch(request)).branch
+
+    async def manager(
+        self,
+        manager_id: str,
+        branch_id: str,
+        products: tuple[str, ...] = ("loan", "card"),
+        capacity: int = 10,
+        on_duty: bool = True,
+    ) -> dispatch_pb2.Manager:
+        request = dispatch_pb2.UpsertManagerRequest(
+            manager_id=manager_id,
+            branch_id=branch_id,
+            name=manager_id,
+            products=products,
+            daily_capacity=capacity,
+            on_duty=on_duty,
+        )
+        return (await self.stub.UpsertManager(request)).manager
+
+    async def order(
+        self, product: str = "card", lat: float = 31.23, lon: float = 121.47, **fields: Any
+    ) -> dispatch_pb2.Order:
+        request = dispatch_pb2.CreateOrderRequest(
+            idempotency_key=fields.pop("idempotency_key", uuid.uuid4().hex),
+            customer_id=fields.pop("customer_id", f"c-{uuid.uuid4().hex[:8]}"),
+            product=product,
+            address=fields.pop("address", "上海市黄浦区南京东路1号"),
+            location=dispatch_pb2.LatLng(latitude=lat, longitude=lon),
+            **fields,
+        )
+        return (await self.stub.CreateOrder(request)).order
+
+    async def grab(self, order_id: str, manager_id: str) -> dispatch_pb2.Order:
+        return (
+            await self.stub.GrabOrder(dispatch_pb2.GrabOrderRequest(order_id=order_id, manager_id=manager_id))
+        ).order
+
+    async def reload_rules(self) -> None:
+        await rules_read(self.host)
+
+
+@pytest.fixture
+def dispatch_rules(tmp_path: Path) -> Path:
+    rules = tmp_path / "dispatch-rules"
+    (rules / "dispatch").mkdir(parents=True)
+    (rules / "dispatch" / "policy.yaml").write_text(DISPATCH_POLICY)
+    return rules
+
+
+async def start_dispatch(database_url: str, nats_url: str, rules: Path, **overrides: Any) -> DispatchUnderTest:
+    values: dict[str, Any] = dict(
+        grpc_port=0,
+        metrics_port=0,
+        database_url=database_url,
+        nats_url=nats_url,
+        rules_dir=rules,
+        rules_poll_seconds=0.1,
+        shutdown_grace_seconds=2,
+        log_level="WARNING",
+        cutoff_schedule=False,
+        sweep_seconds=0.2,
+    )
+    settings = DispatchSettings(**(values | overrides))
+    host = ServiceHost(DISPATCH, settings)
+    port = await host.start()
+    await asyncio.wait_for(host.bus.ready.wait(), 10)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return DispatchUnderTest(host, dispatch_pb2_grpc.DispatchServiceStub(channel), channel, rules, settings)
+
+
+@pytest.fixture
+async def dispatch(
+    database_url: str, nats_server: EmbeddedNats, dispatch_rules: Path
+) -> AsyncIterator[DispatchUnderTest]:
+    service = await start_dispatch(database_url, nats_server.url, dispatch_rules)
+    try:
+        yield service
+    finally:
+        await service.channel.close()
+        await service.host.stop()
+
+
+@pytest.fixture
+async def dispatch_replica(
+    dispatch: DispatchUnderTest, database_url: str, nats_server: EmbeddedNats, dispatch_rules: Path
+) -> AsyncIterator[DispatchUnderTest]:
+    """A second replica of the same service: same database, same NATS."""
+    service = await start_dispatch(database_url, nats_server.url, dispatch_rules)
+    try:
+        yield service
+    finally:
+        await service.channel.close()
+        await service.host.stop()

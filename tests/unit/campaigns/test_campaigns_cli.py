@@ -39,7 +39,7 @@ def test_validate_the_repository_rules(capsys: pytest.CaptureFixture[str]) -> No
     assert f"OK {REPO}/rules/campaigns/referral-autumn-2026.yaml (referral-autumn-2026, version " in out
     assert ", 4 rules)" in out
     assert "(supermarket-benefits-2026, version " in out and ", 0 rules, 3 benefit offers)" in out
-    assert "6 of 6 files OK" in out  # five campaign files and the referral policy
+    assert "7 of 7 files OK" in out  # five campaign files, the referral and the dispatch policy
 
 
 def test_validate_prints_every_located_error_and_fails(rules_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
