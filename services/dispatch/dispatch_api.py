@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -130,6 +129,25 @@ def order_message(order: DispatchOrder) -> api.Order:
         business_ref=order.business_ref or "",
         failure_reason=order.failure_reason or "",
         attributes=json.loads(order.attributes),
+    )
+
+
+def opened_message(event: ev.OrderOpened) -> api.Order:
+    """A pool order as the event describes it (WatchPool reads no database per event)."""
+    return api.Order(
+        order_id=event.order_id,
+        customer_id=event.customer_id,
+        product=event.product,
+        address=event.address,
+        location=api.LatLng(latitude=event.latitude, longitude=event.longitude),
+        location_source=SOURCE_ENUM.get(event.location_source, api.LOCATION_SOURCE_UNSPECIFIED),
+        district_code=event.district_code,
+        address_flagged=event.address_flagged,
+        preferred_manager_id=event.preferred_manager_id,
+        state=api.ORDER_STATE_RESERVED if event.preferred_manager_id else api.ORDER_STATE_OPEN,
+        created_at=event.created_at,
+        pool_at=event.pool_at,
+        attributes=event.attributes,
     )
 
 
@@ -369,11 +387,8 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
                         continue
                     if change.preferred_manager_id and change.preferred_manager_id != manager_id:
                         continue
-                    found = await self.db.read(functools.partial(orders.find, order_id=change.order_id))
-                    if found is None:
-                        continue
                     distance = pool.distance_from(home, change.latitude, change.longitude)
-                    yield api.WatchPoolResponse(added=api.PoolOrder(order=order_message(found), distance_m=distance))
+                    yield api.WatchPoolResponse(added=api.PoolOrder(order=opened_message(change), distance_m=distance))
                 elif isinstance(change, ev.OrderTaken) and change.product in products:
                     yield api.WatchPoolResponse(
                         taken=api.PoolOrderTaken(

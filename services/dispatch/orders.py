@@ -94,10 +94,6 @@ def get(session: Session, order_id: str) -> DispatchOrder:
     return order
 
 
-def find(session: Session, *, order_id: str) -> DispatchOrder | None:
-    return session.get(DispatchOrder, order_id)
-
-
 def changes_of(session: Session, order_id: str) -> Sequence[OrderChange]:
     return session.exec(
         select(OrderChange).where(OrderChange.order_id == order_id).order_by(col(OrderChange.seq))
@@ -171,6 +167,14 @@ def _opened(
             reason=reason,
             occurred_at=ts_fields(now),
             preferred_manager_id=preferred or "",
+            customer_id=order.customer_id,
+            address=order.address,
+            location_source=order.location_source,
+            district_code=order.district_code or "",
+            address_flagged=order.address_flagged,
+            created_at=ts_fields(order.created_at),
+            pool_at=ts_fields(order.pool_at),
+            attributes=json.loads(order.attributes),
         ),
     )
 

@@ -297,6 +297,13 @@ async def test_watch_pool_on_two_replicas_sees_a_new_order_and_its_grab(
         for stream in streams:
             added = await asyncio.wait_for(stream.read(), 10)
             assert added.WhichOneof("update") == "added" and added.added.order.order_id == order.order_id
+            shown = added.added.order  # what the app shows, from the event alone
+            assert (shown.customer_id, shown.address, shown.state) == (
+                order.customer_id,
+                order.address,
+                api.ORDER_STATE_OPEN,
+            )
+            assert 0 < added.added.distance_m < 5_000
         await dispatch.grab(order.order_id, grabber)
         for stream in streams:
             taken = await asyncio.wait_for(stream.read(), 10)
